@@ -1,0 +1,30 @@
+# Fresh machine: `make reproduce` (sets up, runs every notebook, quick profile) or `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+
+.PHONY: setup reproduce test lab clean
+
+setup: $(VENV)/.installed
+
+# Re-installs when the dependency list changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+reproduce: setup
+	$(PY) -m fadenet reproduce --profile $(PROFILE)
+
+# Unit tests plus nbval over every notebook in the smoke profile. Only cells tagged
+# nbval-check-output have their outputs compared (the rest depend on data and timing).
+test: setup
+	FADENET_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+lab: setup
+	$(VENV)/bin/jupyter lab --allow-root notebooks/
+
+clean:
+	rm -rf runs data/cache data/splits .pytest_cache

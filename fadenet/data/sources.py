@@ -1,0 +1,158 @@
+"""Dataset sources. Each scanner turns a dataset folder into one table with the columns
+``path`` (relative to the source folder), ``age``, ``gender`` and ``subject`` (empty where the
+source does not know who is who), plus the files it could not use and why."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import ConfigError
+
+NUM_AGES = 81  # ages 0..80
+AGE_GROUP_EDGES = (0, 10, 20, 30, 40, 50, 60, 70, NUM_AGES)
+AGE_GROUPS = tuple(f"{a}-{b - 1}" for a, b in zip(AGE_GROUP_EDGES[:-1], AGE_GROUP_EDGES[1:]))
+COLUMNS = ["path", "age", "gender", "subject"]
+
+# Folder of each source under the data root, as its authors distribute it.
+FOLDERS = {
+    "afad": "AFAD-Full",
+    "afad_lite": "AFAD-Lite",
+    "aaf": "All-Age-Faces Dataset",
+    "utkface": "UTKFace",
+}
+AUTO_ORDER = ("afad", "aaf", "utkface")
+
+AAF_NAME = re.compile(r"^(\d{5})A(\d{2})\.jpe?g$", re.IGNORECASE)
+AAF_LAST_FEMALE_ID = 7380  # ids 00000-07380 are female, 07381-13321 male
+UTKFACE_NAME = re.compile(r"^(\d{1,3})_([01])_(\d)_(\d{8,})\.jpg(\.chip\.jpg)?$", re.IGNORECASE)
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used at all (missing, empty); the message names the path."""
+
+
+@dataclass
+class Scan:
+    source: str
+    folder: Path | None
+    table: pd.DataFrame
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def age_group(ages) -> pd.Categorical:
+    """Decade groups 0-9 ... 70-80 used by every per-age-group table."""
+    return pd.cut(pd.Series(ages), AGE_GROUP_EDGES, right=False, labels=AGE_GROUPS)
+
+
+def source_folder(source: str, data_root: Path) -> Path:
+    return data_root / FOLDERS[source]
+
+
+def pick_source(source: str, data_root: Path) -> str:
+    """Resolve ``auto``: AFAD, then AAF, then UTKFace when present under the root, else synthetic."""
+    if source != "auto":
+        return source
+    for name in AUTO_ORDER:
+        if _has_files(source_folder(name, data_root)):
+            return name
+    return "synthetic"
+
+
+def scan(source: str, data_root: Path, synthetic_count: int = 2000, seed: int = 42) -> Scan:
+    if source == "synthetic":
+        from .synthetic import synthetic_table
+        return Scan("synthetic", None, synthetic_table(synthetic_count, seed))
+    if source not in FOLDERS:
+        raise ConfigError(f"data.source={source!r} has no scanner")
+    folder = source_folder(source, data_root)
+    if not folder.is_dir():
+        raise DatasetError(f"{source} dataset not found: {folder} does not exist "
+                           f"(set data.root or FADENET_DATA_ROOT to the folder that holds {FOLDERS[source]!r})")
+    rows, skipped = SCANNERS[source](folder)
+    rows, skipped = _keep_known_ages(rows, skipped)
+    if not rows:
+        raise DatasetError(f"{source} dataset at {folder} holds no usable images"
+                           + (f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
+                              if skipped else ""))
+    table = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", ignore_index=True)
+    return Scan(source, folder, table, skipped)
+
+
+def _keep_known_ages(rows, skipped):
+    kept = [r for r in rows if 0 <= r[1] < NUM_AGES]
+    dropped = [(r[0], f"age {r[1]} outside 0..{NUM_AGES - 1}") for r in rows if not 0 <= r[1] < NUM_AGES]
+    return kept, skipped + dropped
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def _files(folder: Path):
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def scan_afad(folder: Path):
+    """``<age>/<111|112>/<file>.jpg``; 111 is male, 112 female."""
+    rows, skipped = [], []
+    gender_codes = {"111": "male", "112": "female"}
+    for p in _files(folder):
+        rel = p.relative_to(folder)
+        parts = rel.parts
+        if len(parts) != 3:
+            skipped.append((str(rel), "not inside an <age>/<111|112>/ folder"))
+        elif not parts[0].isdigit():
+            skipped.append((str(rel), f"age folder {parts[0]!r} is not a number"))
+        elif parts[1] not in gender_codes:
+            skipped.append((str(rel), f"gender folder {parts[1]!r} is not 111 or 112"))
+        else:
+            rows.append((str(rel), int(parts[0]), gender_codes[parts[1]], ""))
+    return rows, skipped
+
+
+def scan_aaf(folder: Path):
+    """``aglined faces/<5-digit id>A<2-digit age>.jpg`` (the folder's spelling is the dataset's)."""
+    images = folder / "aglined faces"
+    if not images.is_dir():
+        raise DatasetError(f"All-Age-Faces folder {folder} has no 'aglined faces' subfolder")
+    rows, skipped = [], []
+    for p in _files(images):
+        rel = str(p.relative_to(folder))
+        m = AAF_NAME.match(p.name)
+        if not m:
+            skipped.append((rel, "file name does not match <5-digit id>A<2-digit age>.jpg"))
+            continue
+        gender = "female" if int(m.group(1)) <= AAF_LAST_FEMALE_ID else "male"
+        rows.append((rel, int(m.group(2)), gender, ""))
+    return rows, skipped
+
+
+def scan_utkface(folder: Path):
+    """``<age>_<gender>_<race>_<datetime>.jpg.chip.jpg``; gender 0 is male, 1 female."""
+    rows, skipped = [], []
+    for p in _files(folder):
+        rel = str(p.relative_to(folder))
+        m = UTKFACE_NAME.match(p.name)
+        if not m:
+            skipped.append((rel, "file name does not match <age>_<gender>_<race>_<datetime>.jpg.chip.jpg"))
+            continue
+        rows.append((rel, int(m.group(1)), "male" if m.group(2) == "0" else "female", ""))
+    return rows, skipped
+
+
+SCANNERS = {"afad": scan_afad, "afad_lite": scan_afad, "aaf": scan_aaf, "utkface": scan_utkface}
+
+
+def aaf_official_lists(folder: Path) -> dict[str, set[str]]:
+    """AAF's own split: ``image sets/train.txt`` and ``val.txt``, a ``<file> <gender>`` a line."""
+    lists = {}
+    for name in ("train", "val"):
+        path = folder / "image sets" / f"{name}.txt"
+        if not path.is_file():
+            raise DatasetError(f"AAF official split list {path} is missing")
+        lists[name] = {f"aglined faces/{line.split()[0]}" for line in path.read_text().splitlines()
+                       if line.strip()}
+    return lists

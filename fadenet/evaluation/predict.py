@@ -1,0 +1,68 @@
+"""Predicted age distributions for cached faces, with optional test-time augmentation (TTA).
+
+TTA modes: ``none`` (the image), ``flip`` (the image and its mirror) and ``multi`` (each of
+the scales 0.9, 1.0, 1.1, a scaled view being resized and then centre-cropped or edge-padded
+back to the input size, each with its mirror: 6 views). The views' probability distributions
+are averaged, as are several models' in an ensemble.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.loader import Batches
+from ..model import eval_mode
+
+
+def tta_views(x: torch.Tensor, mode: str, scales: Sequence[float] = (0.9, 1.0, 1.1)) -> list[torch.Tensor]:
+    """The views of a normalised batch that ``mode`` averages over."""
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, x.flip(-1)]
+    if mode == "multi":
+        views = []
+        for s in scales:
+            v = rescale(x, s)
+            views += [v, v.flip(-1)]
+        return views
+    raise ValueError(f"TTA mode {mode!r} is not one of none, flip, multi")
+
+
+def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Zoom the batch by ``scale`` about its centre, keeping its size (1.0 returns ``x``)."""
+    if scale == 1.0:
+        return x
+    h, w = x.shape[-2:]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    y = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    if scale > 1:
+        top, left = (nh - h) // 2, (nw - w) // 2
+        return y[..., top:top + h, left:left + w]
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return F.pad(y, (left, w - nw - left, top, h - nh - top), mode="replicate")
+
+
+@torch.no_grad()
+def predict_probs(models: torch.nn.Module | Sequence[torch.nn.Module], images: np.ndarray, rows: np.ndarray,
+                  tta: str = "none", scales: Sequence[float] = (0.9, 1.0, 1.1), batch_size: int = 128,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Average predicted distribution (N, K) of ``images[rows]`` over TTA views and models."""
+    models = [models] if isinstance(models, torch.nn.Module) else list(models)
+    out = []
+    for x, _, _ in Batches(images, np.zeros(len(images), np.float32), rows, batch_size):
+        x = x.to(device)
+        total = 0
+        for model in models:
+            with eval_mode(model):
+                for view in tta_views(x, tta, scales):
+                    total = total + torch.softmax(model(view).float(), dim=1)
+        out.append((total / (len(models) * len(tta_views(x[:1], tta, scales)))).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def expected_age(probs: np.ndarray) -> np.ndarray:
+    return probs @ np.arange(probs.shape[1], dtype=probs.dtype)

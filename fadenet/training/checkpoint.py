@@ -1,0 +1,75 @@
+"""Checkpoints are data, not code: plain config and metadata plus tensors, loaded with
+``torch.load(weights_only=True)`` so that a file handed over by someone else cannot run code."""
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, config_from_dict
+from ..model import AgeNet, build_model
+
+CHECKPOINT_FORMAT = "fadenet-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message names the file and what is wrong."""
+
+
+def load_checkpoint_file(path: str | Path, expect: Config | None = None) -> dict:
+    """The checkpoint's contents; with ``expect``, also checks it holds that same network."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable FADE-Net checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a FADE-Net checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if expect is not None:
+        _check_same_network(path, state["config"]["model"], expect.model.__dict__)
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AgeNet, Config, dict]:
+    """(network with the checkpoint's weights in eval mode, its config, the checkpoint's metadata)."""
+    state = load_checkpoint_file(path)
+    try:
+        cfg = config_from_dict(state["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} carries an unusable config: {e}") from None
+    build = copy.deepcopy(cfg.model)
+    build.pretrained = "none"  # the weights come from the checkpoint, not from ImageNet
+    model = build_model(build)
+    load_weights(model, path, state)
+    model.meta.update(state.get("meta", {}))
+    return model.to(device).eval(), cfg, state
+
+
+def load_weights(model: AgeNet, path: str | Path, state: dict | None = None) -> None:
+    """Load a checkpoint's weights into ``model``, or say plainly why they do not fit."""
+    state = state or load_checkpoint_file(path)
+    saved = state["config"]["model"]
+    here = {"arch": model.meta["arch"], "backbone": model.meta["backbone"],
+            "num_classes": model.head[-1].out_features}
+    _check_same_network(Path(path), saved, here)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this {_describe(here)}: "
+                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+
+
+def _check_same_network(path: Path, saved: dict, here: dict) -> None:
+    keys = ("arch", "backbone", "num_classes")
+    if any(saved.get(k) != here.get(k) for k in keys):
+        raise CheckpointError(f"checkpoint {path} holds a {_describe(saved)}, not the {_describe(here)} "
+                              "asked for")
+
+
+def _describe(m: dict) -> str:
+    return f"{m.get('arch')} network on {m.get('backbone')} with {m.get('num_classes')} age classes"

@@ -1,0 +1,371 @@
+"""The training recipe (SPEC section 6) as one resumable run.
+
+A run lives in ``runs/<run id>/``, the id naming everything in the resolved config that affects
+the result, so the same config finds its finished run again instead of training twice. It holds
+``config.yaml``, ``meta.json`` (status, data, initialisation, results), ``log.csv`` (one row
+per epoch), ``batches.csv`` (one row per batch), TensorBoard events in ``tb/``, ``train.log``,
+``last.pt`` (full training state, written atomically after every epoch) and ``best.pt`` (EMA
+weights of the best validation epoch).
+
+Every source of randomness of epoch e is seeded from (seed, e), so a run killed mid-epoch and
+started again resumes from its last checkpoint and ends exactly where an uninterrupted run
+would have.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data import FaceSet, Split, load_split, prepare
+from ..data.loader import Batches, mixup
+from ..evaluation.predict import expected_age, predict_probs
+from ..io import atomic_path, atomic_write_text
+from ..model import build_model, predict, resolve_backbone
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
+from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
+
+log = logging.getLogger("fadenet.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Run:
+    folder: Path
+    meta: dict
+    history: pd.DataFrame
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+
+def resolved(cfg: Config) -> Config:
+    """A copy of ``cfg`` with ``model.backbone=auto`` replaced by the backbone it picks."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.model.backbone == "auto":
+        cfg.model.backbone = resolve_backbone(cfg.model)
+    return cfg
+
+
+def run_folder(cfg: Config) -> Path:
+    return cfg.runs_path / resolved(cfg).run_id()
+
+
+def load_run(folder: Path) -> Run:
+    meta = json.loads((folder / "meta.json").read_text())
+    history = pd.read_csv(folder / "log.csv") if (folder / "log.csv").is_file() else pd.DataFrame()
+    return Run(folder, meta, history)
+
+
+def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
+          progress: bool = True) -> Run:
+    """Train (or resume, or reuse the finished run of) the configured model."""
+    cfg = resolved(cfg)
+    folder = cfg.runs_path / cfg.run_id()
+    if (folder / "meta.json").is_file() and load_run(folder).meta.get("status") == "finished":
+        log.info("reusing finished run %s", folder)
+        return load_run(folder)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    faces = faces or prepare(cfg, progress=progress)
+    split = split or load_split(faces, cfg)
+    return Trainer(cfg, faces, split, folder, progress).fit()
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay from ``lr`` to ``lr * min_ratio``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def ema_update(decay: float):
+    """EMA for AveragedModel, with the usual warm-up (decay (1+n)/(10+n) while that is smaller)
+    so that short runs are not dominated by their first, untrained weights."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's batch counter
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+            return
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+    return update
+
+
+class Trainer:
+    def __init__(self, cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool):
+        self.cfg, self.faces, self.split, self.folder, self.progress = cfg, faces, split, folder, progress
+        t = cfg.train
+        self.device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if t.device == "auto" else t.device))
+        self.use_amp = t.amp and self.device.type == "cuda"
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        k = cfg.model.num_classes
+        train_ages = torch.as_tensor(faces.ages[split.train])
+        weights = lds_weights(train_ages, k, cfg.loss.lds_sigma, cfg.loss.lds_clip) if cfg.loss.lds else None
+        self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
+        self.batches = Batches(faces.images, faces.ages, split.train, t.batch_size, train=True,
+                               seed=t.seed, erase_p=t.erase_p, augment=t.augment)
+        self.steps_per_epoch = len(self.batches)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
+        self.frozen = self.model.pretrained_parameters() if t.freeze_epochs > 0 else []
+        self.history: list[dict] = []
+        self.best_mae, self.best_epoch, self.start_epoch = math.inf, -1, 0
+
+    # ---- the run ------------------------------------------------------------------------
+    def fit(self) -> Run:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._log_to_file()
+        self.cfg.save(self.folder / "config.yaml")
+        self._resume()
+        self._write_meta("running")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch * self.steps_per_epoch)
+        started = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, self.cfg.train.epochs):
+                row = self._epoch(epoch, writer)
+                self.history.append(row)
+                improved = row["val_mae"] < self.best_mae
+                if improved:
+                    self.best_mae, self.best_epoch = row["val_mae"], epoch
+                    self._save_best(epoch)
+                self._save_last(epoch)
+                for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
+                    writer.add_scalar(f"epoch/{key}", row[key], epoch)
+                log.info("epoch %d/%d: train loss %.4f, val MAE %.3f%s (%.0f s)", epoch + 1,
+                         self.cfg.train.epochs, row["train_loss"], row["val_mae"],
+                         " (best)" if improved else "", row["seconds"])
+                if self.cfg.train.max_minutes and time.perf_counter() - started > 60 * self.cfg.train.max_minutes:
+                    log.info("time budget of %.1f minutes reached after epoch %d", self.cfg.train.max_minutes, epoch + 1)
+                    break
+        except TrainingDiverged as e:
+            self._write_meta("diverged", error=str(e))
+            raise
+        finally:
+            writer.close()
+        self._finish()
+        return load_run(self.folder)
+
+    def _epoch(self, epoch: int, writer) -> dict:
+        t, model = self.cfg.train, self.model
+        self._seed_epoch(epoch)
+        frozen = epoch < t.freeze_epochs and bool(self.frozen)
+        for p in self.frozen:
+            p.requires_grad_(not frozen)
+        model.train()
+        if frozen:  # frozen ImageNet layers keep their BatchNorm statistics too
+            _freeze_batchnorm(model, {id(p) for p in self.frozen})
+        self.batches.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
+        rng = np.random.default_rng([t.seed, epoch])
+        losses, maes, rows = [], [], []
+        start = time.perf_counter()
+        bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
+        for b, (x, ages, _) in enumerate(bar):
+            step = epoch * self.steps_per_epoch + b
+            lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, mae = self._step(x.to(self.device), ages.to(self.device), gen, rng, epoch, b)
+            losses.append(loss)
+            if mae is not None:
+                maes.append(mae)
+            rows.append((epoch, b, step, loss, lr))
+            writer.add_scalar("batch/loss", loss, step)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        seconds = time.perf_counter() - start
+        self._append_batches(rows)
+        val_loss, val_mae = self.validate()
+        train_mae = float(np.mean(maes)) if maes else float("nan")
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "train_mae": train_mae,
+                "val_loss": val_loss, "val_mae": val_mae, "frozen_backbone": frozen, "seconds": round(seconds, 2),
+                "images_per_second": round(len(losses) * t.batch_size / seconds, 1)}
+
+    def _step(self, x, ages, gen, rng, epoch, b):
+        t, cfg = self.cfg.train, self.cfg
+        k = cfg.model.num_classes
+        sigma = label_sigma(ages, cfg.loss, k, jitter=True, generator=gen).to(self.device)
+        target = target_distribution(ages, sigma, k)
+        weights = self.loss.sample_weights(ages)
+        mixed = t.mixup_alpha > 0 and rng.random() < t.mixup_prob
+        if mixed:
+            x, target, ages, weights, _ = mixup(x, target, ages, weights, t.mixup_alpha, rng)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.model(x)
+        loss, _ = self.loss(logits, target, ages, weights)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} in epoch {epoch + 1}, batch {b + 1}; training stopped. "
+                f"The last good checkpoint is {self.folder / 'last.pt'} "
+                f"(epoch {len(self.history)}); try a lower train.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update_parameters(self.model)
+        mae = None if mixed else (predict(logits.detach().float())[1] - ages).abs().mean().item()
+        return loss.item(), mae
+
+    @torch.no_grad()
+    def validate(self, rows: np.ndarray | None = None) -> tuple[float, float]:
+        """(loss, MAE) of the EMA weights on the validation rows (no augmentation, no TTA)."""
+        rows = self.split.val if rows is None else rows
+        probs = predict_probs(self.ema.module, self.faces.images, rows, batch_size=256, device=self.device)
+        ages = torch.as_tensor(self.faces.ages[rows], dtype=torch.float32)
+        k = self.cfg.model.num_classes
+        target = target_distribution(ages, label_sigma(ages, self.cfg.loss, k, jitter=False), k)
+        logp = torch.log(torch.as_tensor(probs).clamp_min(1e-12))
+        loss, _ = self.loss(logp.to(self.device), target.to(self.device), ages.to(self.device))
+        return float(loss), float(np.abs(expected_age(probs) - ages.numpy()).mean())
+
+    # ---- state --------------------------------------------------------------------------
+    def _seed_epoch(self, epoch: int) -> None:
+        torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch)  # dropout
+
+    def _state(self, epoch: int) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
+                "epoch": epoch + 1, "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                "ema_averaged": int(self.ema.n_averaged), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "best_val_mae": self.best_mae, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    def _save_last(self, epoch: int) -> None:
+        with atomic_path(self.folder / "last.pt") as tmp:
+            torch.save(self._state(epoch), tmp)
+        pd.DataFrame(self.history).to_csv(self.folder / "log.csv", index=False)
+
+    def _save_best(self, epoch: int) -> None:
+        best = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
+                "epoch": epoch + 1, "model": self.ema.module.state_dict(), "val_mae": self.best_mae}
+        with atomic_path(self.folder / "best.pt") as tmp:
+            torch.save(best, tmp)
+
+    def _resume(self) -> None:
+        last = self.folder / "last.pt"
+        if not last.is_file():
+            (self.folder / "batches.csv").unlink(missing_ok=True)
+            return
+        state = load_checkpoint_file(last, expect=self.cfg)
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.n_averaged.fill_(state["ema_averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.best_mae, self.best_epoch = state["best_val_mae"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.start_epoch = state["epoch"]
+        batches = self.folder / "batches.csv"
+        if batches.is_file():  # drop the rows of the epoch that was interrupted
+            kept = pd.read_csv(batches)
+            kept[kept["epoch"] < self.start_epoch].to_csv(batches, index=False)
+        log.info("resuming %s after epoch %d", self.folder.name, self.start_epoch)
+
+    def _append_batches(self, rows) -> None:
+        path = self.folder / "batches.csv"
+        pd.DataFrame(rows, columns=["epoch", "batch", "step", "loss", "lr"]).to_csv(
+            path, mode="a", header=not path.is_file(), index=False)
+
+    def _finish(self) -> None:
+        best = load_checkpoint_file(self.folder / "best.pt", expect=self.cfg)
+        self.ema.module.load_state_dict(best["model"])
+        test_loss, test_mae = self.validate(self.split.test) if len(self.split.test) else (float("nan"),) * 2
+        self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
+
+    def _write_meta(self, status: str, **extra) -> None:
+        meta = {"status": status, "run_id": self.folder.name, "profile": self.cfg.profile,
+                **self.model.meta, "source": self.faces.source, "images": len(self.faces),
+                "split": self.split.protocol, "fold": self.split.fold, "train": len(self.split.train),
+                "val": len(self.split.val), "test": len(self.split.test), "size": self.faces.size,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,
+                "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
+                "train_seconds": round(sum(r["seconds"] for r in self.history), 1), **extra}
+        atomic_write_text(self.folder / "meta.json", json.dumps(meta, indent=1))
+
+    def _log_to_file(self) -> None:
+        path = str(self.folder / "train.log")
+        root = logging.getLogger("fadenet")
+        if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only: decaying BatchNorm scales and biases
+    pulls them towards zero for no regularising benefit."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None and id(m.weight) in frozen:
+            m.eval()
+
+
+def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 20, warmup: int = 3) -> dict:
+    """Images/s of the real training step (loading, augmentation, mixup, loss, clipping, EMA)
+    against a bare forward/backward/AdamW step of the same network on a fixed random batch."""
+    cfg = resolved(cfg)
+    trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False)  # writes nothing
+    t = cfg.train
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    trainer.model.train()
+    batches = iter(trainer.batches)
+
+    def real_step():
+        x, ages, _ = next(batches)
+        trainer._step(x.to(trainer.device), ages.to(trainer.device), gen, rng, 0, 0)
+
+    x = torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size, device=trainer.device)
+    target = torch.softmax(torch.randn(t.batch_size, cfg.model.num_classes, device=trainer.device), 1)
+
+    def bare_step():
+        loss = -(torch.log_softmax(trainer.model(x), 1) * target).sum(1).mean()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+
+    steps = min(steps, len(trainer.batches) - warmup)
+    rates = {name: _images_per_second(fn, steps, warmup, t.batch_size)
+             for name, fn in (("loop", real_step), ("bare", bare_step))}
+    return {**rates, "ratio": rates["loop"] / rates["bare"], "batch_size": t.batch_size,
+            "size": cfg.data.size, "threads": torch.get_num_threads(), "backbone": cfg.model.backbone}
+
+
+def _images_per_second(step, steps: int, warmup: int, batch_size: int) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
