@@ -82,6 +82,32 @@ def cmd_bench(args) -> None:
               f"{r['bare']:.1f} images/s, ratio {r['ratio']:.1%}")
 
 
+def cmd_evaluate(args) -> None:
+    from .evaluation.evaluate import evaluate, save_predictions
+    result = evaluate(args.checkpoint, tta=args.tta, source=args.dataset, data_root=args.data_root,
+                      part=args.split, batch_size=args.batch)
+    out = save_predictions(result, args.out)
+    print(result.describe())
+    print(f"predictions: {out}")
+
+
+def cmd_predict(args) -> None:
+    from .explore import AgePredictor, predict_paths
+    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta)
+    result = predict_paths(args.paths, predictor, args.out, every=args.every, max_frames=args.max_frames,
+                           whole_image=args.whole_image)
+    print(result.describe())
+
+
+def cmd_report(args) -> None:
+    from .config import ROOT
+    from .figures import update_readme
+    cfg = _config(args)
+    readme = args.readme or ROOT / "README.md"
+    count = update_readme(cfg, readme)
+    print(f"{readme}: results section rewritten from {count} table(s) in {cfg.figures_path / 'tables'}")
+
+
 def cmd_summary(args) -> None:
     from .model import build_model, format_summary, resolve_backbone
     cfg = _config(args)
@@ -124,6 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("evaluate", help="MAE and CS@5 of a checkpoint or an ensemble, in- or cross-dataset")
+    p.add_argument("--checkpoint", action="append", required=True, type=Path,
+                   help="a checkpoint (best.pt); repeat to average an ensemble's distributions")
+    p.add_argument("--tta", choices=["none", "flip", "multi"], default="none")
+    p.add_argument("--dataset", choices=["afad", "afad_lite", "aaf", "utkface", "synthetic"], default=None,
+                   help="evaluate on this dataset (default: the one trained on); another one is "
+                        "cross-dataset and all its faces count as test")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $FADENET_DATA_ROOT)")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--out", type=Path, default=None, help="predictions CSV (default: beside the checkpoint)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict the age of every face in images, folders and videos into a CSV")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image, folder (searched recursively), video file, or a camera index such as 0")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--tta", choices=["none", "flip", "multi"], default="none")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                   help="the CSV (annotated videos are written beside it)")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between the analysed frames of a video")
+    p.add_argument("--max-frames", type=int, default=0,
+                   help="analysed frames per video or camera at most (0: all; a camera then runs until Ctrl-C)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="predict from the centred square of pictures in which no face is found")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="rewrite README's results section from the tables in figures/tables/")
+    p.add_argument("--readme", type=Path, default=None, help="file to update (default: the project's README.md)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("summary", help="parameter table by part and multiply-adds")
     p.add_argument("--size", type=int, default=224)
     _add_config_args(p)
@@ -131,16 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also follow options
+    (``bench train --profile quick epochs=2``), which argparse alone rejects."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from .data.sources import DatasetError
     from .data.splits import SplitError
+    from .figures import ReportError
     from .runner import NotebookFailed
     from .training import CheckpointError, TrainingDiverged
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ConfigError, DatasetError, SplitError, NotebookFailed, CheckpointError, TrainingDiverged) as e:
+    except (ConfigError, DatasetError, SplitError, NotebookFailed, CheckpointError, TrainingDiverged,
+            ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

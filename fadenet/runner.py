@@ -12,6 +12,7 @@ from .config import ROOT, load_config
 
 NOTEBOOKS = ROOT / "notebooks"
 log = logging.getLogger("fadenet.reproduce")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 class NotebookFailed(RuntimeError):
@@ -81,6 +82,8 @@ def _write_back(executed: Path, original: Path) -> None:
     for c in nb.cells:
         c.metadata.pop("papermill", None)
         c.metadata.pop("execution", None)
+        if c.cell_type == "code":  # progress bars and other widget views render nothing without a kernel
+            c.outputs = [o for o in c.outputs if WIDGET_VIEW not in o.get("data", {})]
     nb.metadata.pop("papermill", None)
     tmp = original.with_suffix(".tmp")
     nbformat.write(nb, tmp)

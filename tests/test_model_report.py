@@ -66,7 +66,9 @@ def test_every_variant_overrides_any_configuration_completely():
         cfg = load_config("smoke", "model.ca=false", "model.spp=false", "loss.dldl_v2=false", overrides)
         assert all(value(cfg, k) == v for k, v in overrides.items()), name
     mbv2 = load_config("quick", report.ABLATION_VARIANTS["fadenet_mbv2"]).model
-    assert (mbv2.backbone, mbv2.pretrained, mbv2.arch) == ("mobilenet_v2", "imagenet", "fadenet")
+    assert (mbv2.backbone, mbv2.pretrained, mbv2.arch) == ("mobilenet_v2", "auto", "fadenet")
+    smoke = load_config("smoke", report.ABLATION_VARIANTS["fadenet_mbv2"]).model
+    assert smoke.pretrained == "none", "the variant follows the profile's weights policy"
 
 
 def test_the_baseline_is_the_same_network_written_either_way():

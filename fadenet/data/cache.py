@@ -80,10 +80,17 @@ def stratified_subset(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """A fixed subset of ``n`` rows whose age histogram follows the full table's."""
     if n >= len(table):
         return table
+    return table.iloc[stratified_pick(table["age"].to_numpy(), n, seed)].reset_index(drop=True)
+
+
+def stratified_pick(ages: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``n`` of the ``ages`` spread evenly along the age order (ties broken
+    at random), so that the picked ages follow the histogram of all of them."""
+    if n >= len(ages):
+        return np.arange(len(ages))
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(table)), table["age"].to_numpy()))
-    picks = order[np.linspace(0, len(table) - 1, n).round().astype(int)]
-    return table.iloc[np.sort(picks)].reset_index(drop=True)
+    order = np.lexsort((rng.random(len(ages)), ages))
+    return np.sort(order[np.linspace(0, len(ages) - 1, n).round().astype(int)])
 
 
 def file_list_hash(table: pd.DataFrame, folder: Path | None) -> str:

@@ -7,11 +7,13 @@ are averaged, as are several models' in an ensemble.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..data.loader import Batches
 from ..model import eval_mode
@@ -46,21 +48,22 @@ def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return F.pad(y, (left, w - nw - left, top, h - nh - top), mode="replicate")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_probs(models: torch.nn.Module | Sequence[torch.nn.Module], images: np.ndarray, rows: np.ndarray,
                   tta: str = "none", scales: Sequence[float] = (0.9, 1.0, 1.1), batch_size: int = 128,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Average predicted distribution (N, K) of ``images[rows]`` over TTA views and models."""
+                  device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+    """Predicted age distributions (N, K) of the uint8 faces ``images[rows]``, averaged over the
+    TTA views of ``tta`` and over ``models`` (an ensemble), in float32."""
     models = [models] if isinstance(models, torch.nn.Module) else list(models)
+    batches = Batches(images, np.zeros(len(images), np.float32), rows, batch_size)
     out = []
-    for x, _, _ in Batches(images, np.zeros(len(images), np.float32), rows, batch_size):
-        x = x.to(device)
-        total = 0
+    with contextlib.ExitStack() as stack:
         for model in models:
-            with eval_mode(model):
-                for view in tta_views(x, tta, scales):
-                    total = total + torch.softmax(model(view).float(), dim=1)
-        out.append((total / (len(models) * len(tta_views(x[:1], tta, scales)))).cpu().numpy())
+            stack.enter_context(eval_mode(model))
+        for x, _, _ in tqdm(batches, desc=f"predict (TTA {tta})", unit="batch", disable=not progress):
+            views = tta_views(x.to(device), tta, scales)
+            total = sum(torch.softmax(model(view).float(), dim=1) for model in models for view in views)
+            out.append((total / (len(models) * len(views))).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

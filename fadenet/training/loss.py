@@ -181,9 +181,11 @@ def ranking_loss(p: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy between the predicted and target CDFs over the first K-1 bins
     (the last is 1 for both), mean over bins and batch."""
     predicted_cdf = p.cumsum(dim=1)[:, :-1].clamp(CDF_EPS, 1.0 - CDF_EPS)
-    # the target's cumsum can overshoot 1 by a rounding error, which BCE rejects
-    target_cdf = target.cumsum(dim=1)[:, :-1].clamp(0.0, 1.0)
-    return F.binary_cross_entropy(predicted_cdf, target_cdf)
+    target_cdf = target.cumsum(dim=1)[:, :-1]
+    # Written out rather than F.binary_cross_entropy, which raises on NaN inputs: a diverged
+    # step must reach the trainer's finite-loss check as NaN, not as an opaque RuntimeError.
+    bce = -(target_cdf * predicted_cdf.log() + (1.0 - target_cdf) * (1.0 - predicted_cdf).log())
+    return bce.mean()
 
 
 def mean_variance_loss(p: Tensor, mean_age: Tensor, ages: Tensor, bins: Tensor) -> Tensor:

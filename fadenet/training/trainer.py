@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import FaceSet, Split, load_split, prepare
+from ..data.cache import stratified_pick
 from ..data.loader import Batches, mixup
 from ..evaluation.predict import expected_age, predict_probs
 from ..io import atomic_path, atomic_write_text
-from ..model import build_model, predict, resolve_backbone
+from ..model import build_model, predict, resolve_backbone, weights_obtainable
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
 
@@ -55,10 +56,17 @@ class Run:
 
 
 def resolved(cfg: Config) -> Config:
-    """A copy of ``cfg`` with ``model.backbone=auto`` replaced by the backbone it picks."""
+    """A copy of ``cfg`` with its automatic choices made: ``model.backbone=auto`` becomes the
+    backbone it picks, and ``model.pretrained=auto`` becomes ``imagenet`` where those weights can
+    be had (elsewhere it stays ``auto`` and the network falls back to random weights loudly).
+    A run's identity then says what it starts from: the same config on a machine with and one
+    without the weights are different runs, and an ``auto`` run that got ImageNet weights is the
+    same run as its ``imagenet`` twin (notebook 03's run is one of notebook 04's)."""
     cfg = copy.deepcopy(cfg)
     if cfg.model.backbone == "auto":
         cfg.model.backbone = resolve_backbone(cfg.model)
+    if cfg.model.pretrained == "auto" and weights_obtainable(cfg.model.backbone):
+        cfg.model.pretrained = "imagenet"
     return cfg
 
 
@@ -85,6 +93,14 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
     faces = faces or prepare(cfg, progress=progress)
     split = split or load_split(faces, cfg)
     return Trainer(cfg, faces, split, folder, progress).fit()
+
+
+def training_rows(faces: FaceSet, split: Split, fraction: float, seed: int) -> np.ndarray:
+    """The training split, or a fixed age-stratified ``fraction`` of it (``train.fraction``)."""
+    if fraction >= 1.0:
+        return split.train
+    n = max(1, round(fraction * len(split.train)))
+    return split.train[stratified_pick(faces.ages[split.train], n, seed)]
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
@@ -117,15 +133,17 @@ class Trainer:
                                    else ("cpu" if t.device == "auto" else t.device))
         self.use_amp = t.amp and self.device.type == "cuda"
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model).to(self.device)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model).to(self.device, memory_format=self.memory_format)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         k = cfg.model.num_classes
-        train_ages = torch.as_tensor(faces.ages[split.train])
+        self.train_rows = training_rows(faces, split, t.fraction, cfg.data.seed)
+        train_ages = torch.as_tensor(faces.ages[self.train_rows])
         weights = lds_weights(train_ages, k, cfg.loss.lds_sigma, cfg.loss.lds_clip) if cfg.loss.lds else None
         self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
-        self.batches = Batches(faces.images, faces.ages, split.train, t.batch_size, train=True,
+        self.batches = Batches(faces.images, faces.ages, self.train_rows, t.batch_size, train=True,
                                seed=t.seed, erase_p=t.erase_p, augment=t.augment)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -189,7 +207,7 @@ class Trainer:
             lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, mae = self._step(x.to(self.device), ages.to(self.device), gen, rng, epoch, b)
+            loss, mae = self._step(self._input(x), ages.to(self.device), gen, rng, epoch, b)
             losses.append(loss)
             if mae is not None:
                 maes.append(mae)
@@ -217,10 +235,10 @@ class Trainer:
             logits = self.model(x)
         loss, _ = self.loss(logits, target, ages, weights)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} in epoch {epoch + 1}, batch {b + 1}; training stopped. "
-                f"The last good checkpoint is {self.folder / 'last.pt'} "
-                f"(epoch {len(self.history)}); try a lower train.lr")
+            kept = (f"the last good checkpoint is {self.folder / 'last.pt'} (epoch {len(self.history)})"
+                    if self.history else "no checkpoint was written yet")
+            raise TrainingDiverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {b + 1}; "
+                                   f"training stopped; {kept}; try a lower train.lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -231,6 +249,9 @@ class Trainer:
         self.ema.update_parameters(self.model)
         mae = None if mixed else (predict(logits.detach().float())[1] - ages).abs().mean().item()
         return loss.item(), mae
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, memory_format=self.memory_format)
 
     @torch.no_grad()
     def validate(self, rows: np.ndarray | None = None) -> tuple[float, float]:
@@ -248,23 +269,23 @@ class Trainer:
     def _seed_epoch(self, epoch: int) -> None:
         torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch)  # dropout
 
-    def _state(self, epoch: int) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
-                "epoch": epoch + 1, "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
-                "ema_averaged": int(self.ema.n_averaged), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "best_val_mae": self.best_mae, "best_epoch": self.best_epoch,
-                "history": self.history}
+    def _checkpoint(self, name: str, epoch: int, weights: dict, **extra) -> None:
+        """Plain data only (config and metadata as dicts), written atomically."""
+        state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
+                 "data_source": self.faces.source, "epoch": epoch + 1, "model": weights, **extra}
+        with atomic_path(self.folder / name) as tmp:
+            torch.save(state, tmp)
 
     def _save_last(self, epoch: int) -> None:
-        with atomic_path(self.folder / "last.pt") as tmp:
-            torch.save(self._state(epoch), tmp)
-        pd.DataFrame(self.history).to_csv(self.folder / "log.csv", index=False)
+        self._checkpoint("last.pt", epoch, self.model.state_dict(), ema=self.ema.module.state_dict(),
+                         ema_averaged=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
+                         scaler=self.scaler.state_dict(), best_val_mae=self.best_mae,
+                         best_epoch=self.best_epoch, history=self.history)
+        atomic_write_text(self.folder / "log.csv", pd.DataFrame(self.history).to_csv(index=False))
 
     def _save_best(self, epoch: int) -> None:
-        best = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
-                "epoch": epoch + 1, "model": self.ema.module.state_dict(), "val_mae": self.best_mae}
-        with atomic_path(self.folder / "best.pt") as tmp:
-            torch.save(best, tmp)
+        # the EMA weights are the ones validated, so they are the ones kept
+        self._checkpoint("best.pt", epoch, self.ema.module.state_dict(), val_mae=self.best_mae)
 
     def _resume(self) -> None:
         last = self.folder / "last.pt"
@@ -301,7 +322,8 @@ class Trainer:
         meta = {"status": status, "run_id": self.folder.name, "profile": self.cfg.profile,
                 **self.model.meta, "source": self.faces.source, "images": len(self.faces),
                 "split": self.split.protocol, "fold": self.split.fold, "train": len(self.split.train),
-                "val": len(self.split.val), "test": len(self.split.test), "size": self.faces.size,
+                "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.train_rows),
+                "size": self.faces.size,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
@@ -344,9 +366,9 @@ def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 
 
     def real_step():
         x, ages, _ = next(batches)
-        trainer._step(x.to(trainer.device), ages.to(trainer.device), gen, rng, 0, 0)
+        trainer._step(trainer._input(x), ages.to(trainer.device), gen, rng, 0, 0)
 
-    x = torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size, device=trainer.device)
+    x = trainer._input(torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size))
     target = torch.softmax(torch.randn(t.batch_size, cfg.model.num_classes, device=trainer.device), 1)
 
     def bare_step():

@@ -1,0 +1,141 @@
+"""Tables and figures of the ablation (notebook 04) and evaluation (notebook 05) chapters."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..figures import SOURCE_NAMES
+from .metrics import cumulative_scores, mae_per_group
+
+# The FADE-Net README's AFAD table (stratified 80-10-10): reported there, not measured here.
+LITERATURE = [
+    ("FADE-Net, ensemble of seeds 42 + 1337, multi-scale TTA", "MobileNetV3-Large", 3.02, "4.84M", "FADE-Net README"),
+    ("FADE-Net, seed 1337", "MobileNetV3-Large", 3.057, "4.84M", "FADE-Net README"),
+    ("FADE-Net, seed 42", "MobileNetV3-Large", 3.095, "4.84M", "FADE-Net README"),
+    ("GRANET", "ResNet-50", 3.10, "~25.5M", "Garain et al., IEEE Access 2021, via FADE-Net README"),
+    ("CDCNN", "multi-task CNN", 3.11, "-", "Zhang et al., CVPR 2018, via FADE-Net README"),
+    ("OR-CNN", "VGG-16", 3.34, "138M", "Niu et al., CVPR 2016, via FADE-Net README"),
+    ("RAN", "ResNet-34", 3.42, "~21.8M", "Wang et al., CVPR 2017, via FADE-Net README"),
+    ("CORAL", "ResNet-34", 3.48, "~21.8M", "Cao et al., PRL 2020, via FADE-Net README"),
+    ("DEX", "VGG-16", 3.80, "138M", "Rothe et al., ICCVW 2015, via FADE-Net README"),
+    ("ResNet-50 / FaRL (unified benchmark)", "ResNet-50, ViT-B", "3.12-3.20", "~25M / ~86M",
+     "Paplham et al., CVPR 2024 (subject-aware 5-split protocol)"),
+]
+
+
+def ablation_figure(table: pd.DataFrame, floor: float, caption_budget: str) -> plt.Figure:
+    """Test MAE (mean and std over seeds) of each variant, with the median-age predictor's MAE
+    as the line a model that learnt nothing would sit on."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.6))
+    y = np.arange(len(table))[::-1]
+    colours = np.where(table["init"].str.contains("imagenet"), "tab:green", "tab:gray")
+    ax.barh(y, table["test MAE mean"], xerr=table["test MAE std"].fillna(0), color=colours, alpha=0.8, capsize=3)
+    for yi, value in zip(y, table["test MAE mean"]):
+        ax.text(value + 0.1, yi, f"{value:.2f}", va="center", fontsize=8)
+    ax.axvline(floor, color="tab:red", ls="--", lw=1, label=f"median-age predictor ({floor:.2f})")
+    ax.set_yticks(y, [f"{v} ({b}, {i})" for v, b, i in zip(table["variant"], table["backbone"], table["init"])])
+    ax.set(xlabel="test MAE (years), mean ± std over seeds", title=f"Ablation under one budget: {caption_budget}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seed_table(results: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """Rows = models (each seed, then the ensemble), columns = TTA modes, cells = test MAE."""
+    models = list(dict.fromkeys(model for model, _ in results))
+    modes = list(dict.fromkeys(mode for _, mode in results))
+    table = pd.DataFrame([[results[(m, t)] for t in modes] for m in models], index=models,
+                         columns=[f"test MAE, TTA {t}" for t in modes])
+    table.index.name = "model"
+    return table.reset_index()
+
+
+def cs_figure(tables: dict[str, pd.DataFrame]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, table in tables.items():
+        cs = cumulative_scores(table)
+        ax.plot(cs.index, cs.values, "o-", ms=3, label=label)
+    ax.set(xlabel="error tolerance k (years)", ylabel="CS@k: share of faces within k years",
+           title="Cumulative score", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def error_figures(table: pd.DataFrame, label: str) -> plt.Figure:
+    """Predicted against true age, the error histogram and the MAE per age group of one model."""
+    fig, (scatter, hist, groups) = plt.subplots(1, 3, figsize=(15, 4.2))
+    scatter.scatter(table["true_age"], table["predicted_age"], s=5, alpha=0.35)
+    top = max(table["true_age"].max(), table["predicted_age"].max()) + 2
+    scatter.plot([0, top], [0, top], color="tab:red", lw=1, label="prediction = truth")
+    scatter.set(xlabel="true age", ylabel="predicted age (expectation)", title=f"Predicted vs true: {label}",
+                xlim=(0, top), ylim=(0, top))
+    scatter.legend(fontsize=8)
+    hist.hist(table["error"], bins=np.arange(-30, 31, 1), color="tab:blue", alpha=0.8)
+    hist.axvline(0, color="0.3", lw=0.8)
+    hist.set(xlabel="predicted - true age (years)", ylabel="faces",
+             title=f"Errors: mean {table['error'].mean():+.2f}, MAE {table['abs_error'].mean():.2f}")
+    per_group = mae_per_group(table)
+    groups.bar(per_group["age_group"], per_group["MAE"], color="tab:orange")
+    for x, (mae, n) in enumerate(zip(per_group["MAE"], per_group["faces"])):
+        groups.text(x, mae + 0.1, f"{mae:.1f}\n({n})", ha="center", fontsize=7)
+    groups.set(xlabel="age group (faces)", ylabel="MAE (years)", title="MAE per age group")
+    fig.tight_layout()
+    return fig
+
+
+def literature_table(measured: list[dict]) -> pd.DataFrame:
+    """The README's AFAD numbers in a "reported" column and this workbook's in a "measured here"
+    column, each row naming its dataset, protocol and source, so that no number is read as the
+    other kind."""
+    rows = [{"method": m, "backbone": b, "dataset": "AFAD", "protocol": "stratified 80-10-10"
+             if "5-split" not in s else "subject-aware 5 splits", "reported MAE": mae, "measured here": "",
+             "parameters": p, "source": s} for m, b, mae, p, s in LITERATURE]
+    rows += [{"method": r["method"], "backbone": r["backbone"], "dataset": r["dataset"], "protocol": r["protocol"],
+              "reported MAE": "", "measured here": r["MAE"], "parameters": r["parameters"],
+              "source": r["source"]} for r in measured]
+    return pd.DataFrame(rows)
+
+
+def budget_text(cfg: Config, trained_on: int, split_train: int) -> str:
+    return (f"eval.ablation_budget={cfg.eval.ablation_budget:g}: each run learns from {trained_on:,} of the "
+            f"{split_train:,} training faces, {cfg.train.epochs} epochs, {cfg.data.size}px")
+
+
+def dataset_name(source: str) -> str:
+    return SOURCE_NAMES.get(source, source)
+
+
+def tta_findings(seeds: pd.DataFrame) -> list[str]:
+    """How each TTA mode changed each model's test MAE, flagging any that made it worse."""
+    lines = []
+    for _, row in seeds.iterrows():
+        base = row["test MAE, TTA none"]
+        for column in [c for c in seeds.columns if c.startswith("test MAE, TTA") and not c.endswith("none")]:
+            delta = row[column] - base
+            mode = column.rsplit(" ", 1)[1]
+            effect = ("leaves the test MAE unchanged" if abs(delta) < 5e-4 else
+                      f"{'improves' if delta < 0 else 'WORSENS'} the test MAE by {abs(delta):.3f}")
+            lines.append(f"{row['model']}: TTA {mode} {effect} ({base:.3f} -> {row[column]:.3f})")
+    return lines
+
+
+def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: pd.DataFrame,
+                  protocols: pd.DataFrame, parameters: int) -> list[dict]:
+    """This workbook's numbers for the literature table, each naming data, protocol and profile."""
+    where = f"measured here: profile {cfg.profile}, eval.ablation_budget={cfg.eval.ablation_budget:g}, notebook 05"
+    by_model = seeds.set_index("model")
+    single = by_model.index[0]
+    rows = [{"method": f"{variant} (this workbook), ensemble of {len(by_model) - 1} seeds, TTA multi",
+             "MAE": round(by_model.loc["ensemble", "test MAE, TTA multi"], 3)} if "ensemble" in by_model.index else None,
+            {"method": f"{variant} (this workbook), {single}, no TTA",
+             "MAE": round(by_model.loc[single, "test MAE, TTA none"], 3)}]
+    rows = [dict(r, protocol=f"stratified {cfg.data.split}") for r in rows if r]
+    kfold = protocols[(protocols["protocol"] == "kfold") & (protocols["rotation"] == "mean ± std")]
+    rows.append({"method": f"{variant} (this workbook), seed 42, no TTA", "MAE": kfold["test MAE"].iloc[0],
+                 "protocol": "5 kfold rotations (mean ± std)"})
+    return [dict(r, backbone=backbone, dataset=dataset_name(source), parameters=f"{parameters / 1e6:.2f}M",
+                 source=where) for r in rows]

@@ -1,0 +1,154 @@
+"""Tables and figures of the training chapter (notebook 03): the recipe as run, and the eight
+training plots of the FADE-Net README, drawn from a run's ``log.csv`` and ``batches.csv``."""
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from .loss import label_sigma, lds_weights, target_distribution
+from .trainer import Run
+
+PLOTS = ("loss", "mae", "lr", "gap", "stability", "time", "batch_loss_distribution", "loss_and_lr")
+
+
+def recipe_table(cfg: Config, run: Run) -> pd.DataFrame:
+    """What the run did, next to the paper's recipe (SPEC section 6) where they differ."""
+    t, m = cfg.train, run.meta
+    paper = Config().train
+    rows = [
+        ("network", f"{m['arch']} on {m['backbone']}", "fadenet on mobilenet_v3_large"),
+        ("initial weights", m["pretrained"] + (" (fallback: see warning)" if m["init_warning"] else ""),
+         "imagenet (IMAGENET1K_V2)"),
+        ("data", f"{m['source']}, {m['size']}px, split {m['split']}: {m['trained_on']:,} train / "
+                 f"{m['val']:,} val / {m['test']:,} test", "AFAD-Full, 224px, 80-10-10"),
+        ("epochs (backbone frozen)", f"{t.epochs} ({t.freeze_epochs if m['pretrained'] == 'imagenet' else 0})",
+         f"{paper.epochs} ({paper.freeze_epochs})"),
+        ("batch, optimiser", f"{t.batch_size}, AdamW lr {t.lr:g}, weight decay {t.weight_decay:g}",
+         f"{paper.batch_size}, AdamW lr {paper.lr:g}, weight decay {paper.weight_decay:g}"),
+        ("schedule", f"warm-up {t.warmup_epochs:g} epochs, cosine to {t.min_lr_ratio:g} x lr",
+         f"cosine to {paper.min_lr_ratio:g} x lr"),
+        ("mixup", f"alpha {t.mixup_alpha:g} on {t.mixup_prob:.0%} of batches",
+         f"alpha {paper.mixup_alpha:g} on {paper.mixup_prob:.0%} of batches"),
+        ("EMA decay, gradient clip", f"{t.ema_decay:g}, {t.grad_clip:g}", f"{paper.ema_decay:g}, {paper.grad_clip:g}"),
+        ("loss", "DLDL-v2 (KL + 0.1 L1 + 0.3 rank), LDS" if cfg.loss.dldl_v2 else "plain DLDL (KL + 0.1 L1)",
+         "DLDL-v2 (KL + 0.1 L1 + 0.3 rank), LDS"),
+        ("seed", str(t.seed), "42 and 1337"),
+    ]
+    return pd.DataFrame(rows, columns=["", "this run", "paper"])
+
+
+def results_table(run: Run) -> pd.DataFrame:
+    m, h = run.meta, run.history
+    rows = [("best validation MAE", f"{m['best_val_mae']:.3f} (epoch {m['best_epoch']})"),
+            ("test MAE (EMA weights of that epoch, no TTA)", f"{m['test_mae']:.3f}"),
+            ("epochs run", str(m["epochs_done"])),
+            ("training time", f"{m['train_seconds'] / 60:.1f} min ({h['images_per_second'].mean():.0f} images/s)"),
+            ("parameters", f"{m['parameters']:,}")]
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+def loss_figure(cfg: Config, train_ages: np.ndarray) -> plt.Figure:
+    """Left: DLDL-v2 target distributions, wider for older faces, next to plain DLDL's fixed
+    width. Right: the LDS weight of each age against the training split's age histogram."""
+    k = cfg.model.num_classes
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.6))
+    v2, plain = dataclasses.replace(cfg.loss, dldl_v2=True), dataclasses.replace(cfg.loss, dldl_v2=False)
+    for age, colour in zip((5, 30, 70), ("tab:blue", "tab:green", "tab:red")):
+        ages = torch.tensor([float(age)])
+        for loss_cfg, style, name in ((v2, "-", "DLDL-v2"), (plain, ":", "plain DLDL")):
+            sigma = label_sigma(ages, loss_cfg, k, jitter=False)
+            left.plot(target_distribution(ages, sigma, k)[0], style, color=colour,
+                      label=f"age {age}, {name} (sigma {sigma.item():.2f})")
+    left.set(title="target distributions", xlabel="age", ylabel="probability")
+    left.legend(fontsize=7)
+    counts = np.bincount(np.clip(train_ages, 0, k - 1).astype(int), minlength=k)
+    weights = lds_weights(torch.as_tensor(train_ages), k, cfg.loss.lds_sigma, cfg.loss.lds_clip).numpy()
+    right.bar(np.arange(k), counts, color="0.8", label="training faces per age")
+    right.set(title="LDS re-weighting", xlabel="age", ylabel="faces")
+    twin = right.twinx()
+    twin.plot(np.arange(k), weights, color="tab:orange", label="LDS weight")
+    twin.set_ylabel("weight of the KL and L1 terms", color="tab:orange")
+    right.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(run: Run) -> plt.Figure:
+    """The eight plots in one figure, two rows of four."""
+    batches = pd.read_csv(run.folder / "batches.csv")
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.2))
+    for name, ax in zip(PLOTS, axes.flat):
+        DRAW[name](ax, run.history, batches)
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def _loss(ax, h, b):
+    ax.plot(h["epoch"], h["train_loss"], "o-", label="train (augmented, mixup)")
+    ax.plot(h["epoch"], h["val_loss"], "s-", label="validation (EMA weights)")
+    ax.set(title="1 loss", xlabel="epoch", ylabel="DLDL loss")
+    ax.legend(fontsize=8)
+
+
+def _mae(ax, h, b):
+    ax.plot(h["epoch"], h["train_mae"], "o-", label="train (batches without mixup)")
+    ax.plot(h["epoch"], h["val_mae"], "s-", label="validation (EMA weights)")
+    best = h["val_mae"].idxmin()
+    ax.annotate(f"best {h['val_mae'][best]:.2f}", (h["epoch"][best], h["val_mae"][best]),
+                textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    ax.set(title="2 MAE", xlabel="epoch", ylabel="MAE (years)")
+    ax.legend(fontsize=8)
+
+
+def _lr(ax, h, b):
+    ax.plot(b["step"], b["lr"])
+    ax.set(title="3 learning rate", xlabel="step", ylabel="learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+
+
+def _gap(ax, h, b):
+    ax.bar(h["epoch"], h["val_loss"] - h["train_loss"], color="tab:purple")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(title="4 generalisation gap", xlabel="epoch", ylabel="val loss - train loss")
+
+
+def _stability(ax, h, b):
+    ax.plot(b["step"], b["loss"], lw=0.5, alpha=0.45, label="batch")
+    window = max(5, len(b) // 40)
+    ax.plot(b["step"], b["loss"].rolling(window, min_periods=1).mean(), lw=1.5, label=f"mean of {window}")
+    ax.set(title="5 per-batch loss", xlabel="step", ylabel="loss")
+    ax.legend(fontsize=8)
+
+
+def _time(ax, h, b):
+    ax.bar(h["epoch"], h["seconds"], color=np.where(h["frozen_backbone"], "tab:cyan", "tab:blue"))
+    ax.set(title="6 time per epoch (light: backbone frozen)", xlabel="epoch", ylabel="seconds")
+
+
+def _distribution(ax, h, b):
+    epochs = sorted(b["epoch"].unique())
+    ax.boxplot([b.loc[b["epoch"] == e, "loss"] for e in epochs], positions=[e + 1 for e in epochs],
+               showfliers=False)
+    ax.set(title="7 batch-loss distribution", xlabel="epoch", ylabel="loss")
+
+
+def _loss_and_lr(ax, h, b):
+    ax.plot(b["step"], b["loss"].rolling(max(5, len(b) // 40), min_periods=1).mean(), color="tab:blue")
+    ax.set(title="8 loss with learning rate", xlabel="step", ylabel="loss (smoothed)")
+    twin = ax.twinx()
+    twin.plot(b["step"], b["lr"], color="tab:orange", lw=1)
+    twin.set_ylabel("learning rate", color="tab:orange")
+    twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+
+
+DRAW = {"loss": _loss, "mae": _mae, "lr": _lr, "gap": _gap, "stability": _stability, "time": _time,
+        "batch_loss_distribution": _distribution, "loss_and_lr": _loss_and_lr}

@@ -1,0 +1,39 @@
+"""README's results section is generated from the notebooks' tables, never typed by hand."""
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from fadenet.config import ROOT, load_config
+from fadenet.figures import RESULTS_END, RESULTS_START, ReportError, results_markdown, save_table, update_readme
+
+
+def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    save_table(pd.DataFrame({"variant": ["baseline"], "test MAE mean": [12.5]}), "04_ablation", cfg, "made here")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n## Results\n{RESULTS_START}\nold text\n{RESULTS_END}\n\n## After\nkept\n")
+    assert update_readme(cfg, readme) == 1
+    text = readme.read_text()
+    assert "old text" not in text and text.endswith("## After\nkept\n") and text.startswith("# title")
+    section = text.split(RESULTS_START)[1].split(RESULTS_END)[0]
+    assert "#### Ablation (notebook 04)" in section and "| baseline | 12.500 |" in section and "_made here_" in section
+    assert "Training (notebook 03)" not in section, "absent tables are skipped"
+
+
+def test_a_readme_without_markers_is_one_clear_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ReportError, match="has no results markers"):
+        update_readme(load_config("smoke"), readme)
+    result = subprocess.run([sys.executable, "-m", "fadenet", "report", "--readme", str(readme)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {readme} has no results markers")
+
+
+def test_the_committed_readme_results_are_what_the_committed_tables_generate():
+    text = (ROOT / "README.md").read_text()
+    section = text.split(RESULTS_START)[1].split(RESULTS_END)[0].strip()
+    assert section == results_markdown(load_config("quick")).strip(), \
+        "README's results differ from figures/tables/: run `python -m fadenet report`"

@@ -1,0 +1,252 @@
+"""The trainer: resuming after interruptions, checkpoint safety, divergence, and learning."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fadenet.config import ModelConfig
+from fadenet.data import load_split, prepare
+from fadenet.model import build_model
+from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint_file, load_model,
+                              load_weights, train)
+from fadenet.training import trainer as trainer_module
+from fadenet.training.trainer import Trainer, lr_at, run_folder
+
+pytestmark = pytest.mark.slow
+MBV2_FILE = "mobilenet_v2-b0353104.pth"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches; a second thread only waits on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def _history(run) -> pd.DataFrame:
+    return run.history[["epoch", "train_loss", "val_loss", "val_mae", "lr"]]
+
+
+# ---- resume -------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cfg_factory, tmp_path, monkeypatch):
+    whole = train(cfg_factory("train.epochs=3", f"runs_dir={tmp_path / 'a'}"), progress=False)
+
+    cfg = cfg_factory("train.epochs=3", f"runs_dir={tmp_path / 'b'}")
+    real_step = Trainer._step
+
+    def step_then_die(self, x, ages, gen, rng, epoch, b):
+        if epoch == 1 and b == 2:
+            raise KeyboardInterrupt  # stands for a kill in the middle of epoch 2
+        return real_step(self, x, ages, gen, rng, epoch, b)
+
+    monkeypatch.setattr(Trainer, "_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    folder = run_folder(cfg)
+    assert json.loads((folder / "meta.json").read_text())["status"] == "running"
+    assert load_checkpoint_file(folder / "last.pt")["epoch"] == 1
+    assert pd.read_csv(folder / "batches.csv")["epoch"].max() == 0  # only epoch 1's batches logged
+
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    resumed = train(cfg, progress=False)
+    assert resumed.meta["status"] == "finished" and resumed.meta["epochs_done"] == 3
+    pd.testing.assert_frame_equal(_history(resumed), _history(whole), rtol=1e-4)
+    assert resumed.meta["test_mae"] == pytest.approx(whole.meta["test_mae"], abs=1e-4)
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "batches.csv"),
+                                  pd.read_csv(whole.folder / "batches.csv"), rtol=1e-4)
+
+
+def test_killed_process_resumes_from_its_last_checkpoint(cfg_factory, tmp_path):
+    overrides = ["train.epochs=4", f"runs_dir={tmp_path / 'killed'}"]
+    cfg = cfg_factory(*overrides)
+    prepare(cfg, progress=False)  # the child then starts training at once
+    args = [sys.executable, "-m", "fadenet", "train", "--profile", "smoke",
+            f"data.root={cfg.data.root}", f"data.cache_dir={cfg.data.cache_dir}", "train.threads=1", *overrides]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    last = run_folder(cfg) / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before_kill = load_checkpoint_file(last)["epoch"]
+    assert 1 <= done_before_kill < 4
+
+    resumed = train(cfg, progress=False)
+    whole = train(cfg_factory("train.epochs=4", f"runs_dir={tmp_path / 'whole'}"), progress=False)
+    pd.testing.assert_frame_equal(_history(resumed), _history(whole), rtol=1e-4)
+    assert resumed.meta["test_mae"] == pytest.approx(whole.meta["test_mae"], abs=1e-4)
+
+
+def test_a_finished_run_is_reused_not_trained_again(cfg_factory, tmp_path, monkeypatch):
+    cfg = cfg_factory(f"runs_dir={tmp_path}")
+    first = train(cfg, progress=False)
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
+    again = train(cfg, progress=False)
+    assert again.folder == first.folder and again.meta == first.meta
+
+
+# ---- what a run writes --------------------------------------------------------------------
+
+def test_a_run_writes_config_logs_events_and_checkpoints(cfg_factory, tmp_path):
+    run = train(cfg_factory("train.epochs=2", f"runs_dir={tmp_path}"), progress=False)
+    names = {p.name for p in run.folder.iterdir()}
+    assert {"config.yaml", "meta.json", "log.csv", "batches.csv", "train.log", "last.pt", "best.pt", "tb"} <= names
+    assert any(run.folder.joinpath("tb").iterdir()), "no TensorBoard events"
+    assert not [n for n in names if n.endswith(".tmp")], "temporary files left behind"
+    assert list(run.history["epoch"]) == [1, 2]
+    best = load_checkpoint_file(run.best)
+    assert best["epoch"] == run.meta["best_epoch"]
+    assert best["val_mae"] == pytest.approx(run.history["val_mae"].min())
+    # the checkpoint holds plain data only: it loads with weights_only=True
+    assert isinstance(torch.load(run.best, weights_only=True)["config"], dict)
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine_to_the_floor():
+    lrs = [lr_at(s, total=100, warmup=10, lr=1.0, min_ratio=0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    assert lr_at(55, 100, 10, 1.0, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+
+
+# ---- bad checkpoints ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory) -> Path:
+    from fadenet.config import load_config
+    base = tmp_path_factory.mktemp("ckpt")
+    (base / "empty").mkdir()
+    cfg = load_config("smoke", f"data.root={base / 'empty'}", f"data.cache_dir={base / 'cache'}",
+                      f"runs_dir={base / 'runs'}")
+    return train(cfg, progress=False).best
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"arch": "baseline"}, "holds a fadenet network on mobilenet_v3_large with 81 age classes, not the baseline"),
+    ({"backbone": "mobilenet_v2"}, "not the fadenet network on mobilenet_v2"),
+    ({"num_classes": 50}, "with 50 age classes"),
+])
+def test_a_checkpoint_of_another_network_is_one_clear_error(smoke_checkpoint, change, words):
+    model = build_model(ModelConfig(pretrained="none", **change))
+    with pytest.raises(CheckpointError) as err:
+        load_weights(model, smoke_checkpoint)
+    assert str(smoke_checkpoint) in str(err.value) and words in str(err.value)
+
+
+def test_a_checkpoint_that_differs_only_in_its_layers_is_one_clear_error(smoke_checkpoint):
+    model = build_model(ModelConfig(pretrained="none", spp=False))
+    with pytest.raises(CheckpointError, match="does not fit this fadenet network"):
+        load_weights(model, smoke_checkpoint)
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(2000))
+    other = tmp_path / "state_dict.pt"
+    torch.save(build_model(ModelConfig(pretrained="none", arch="baseline", backbone="resnet18")).state_dict(), other)
+    for path, words in ((tmp_path / "missing.pt", "does not exist"), (garbage, "not a readable"),
+                        (other, "not a FADE-Net checkpoint")):
+        with pytest.raises(CheckpointError, match=words) as err:
+            load_model(path)
+        assert str(path) in str(err.value)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "fadenet-checkpoint-1", "payload": _Payload()}, evil)
+    with pytest.raises(CheckpointError, match="not a readable FADE-Net checkpoint"):
+        load_model(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---- divergence ---------------------------------------------------------------------------
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cfg_factory, tmp_path, monkeypatch):
+    cfg = cfg_factory("train.epochs=3", f"runs_dir={tmp_path}")
+    real_step = Trainer._step
+
+    def poisoned_batch_in_epoch_two(self, x, ages, gen, rng, epoch, b):
+        if epoch == 1 and b == 1:
+            x = x * float("nan")  # e.g. a corrupt batch: NaN logits, NaN loss
+        return real_step(self, x, ages, gen, rng, epoch, b)
+
+    monkeypatch.setattr(Trainer, "_step", poisoned_batch_in_epoch_two)
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg, progress=False)
+    folder = run_folder(cfg)
+    message = str(err.value)
+    assert "nan" in message and "epoch 2, batch 2" in message and str(folder / "last.pt") in message
+    last = load_checkpoint_file(folder / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["status"] == "diverged" and "nan" in meta["error"]
+
+
+def test_diverged_run_is_one_line_on_the_command_line(cfg_factory, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "train.lr=1e30", "train.grad_clip=0", "train.epochs=2")
+    prepare(cfg, progress=False)
+    result = subprocess.run([sys.executable, "-m", "fadenet", "train", "--profile", "smoke",
+                             f"data.root={cfg.data.root}", f"data.cache_dir={cfg.data.cache_dir}",
+                             f"runs_dir={tmp_path}", "train.lr=1e30", "train.grad_clip=0", "train.epochs=2",
+                             "train.threads=1"], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert lines[-1].startswith("error: the loss became") and "training stopped" in lines[-1]
+
+
+# ---- learning on real faces ---------------------------------------------------------------
+
+@pytest.fixture
+def mbv2_weights(tmp_path, monkeypatch) -> None:
+    from fadenet.config import ROOT
+    source = Path(os.environ.get("FADENET_WEIGHTS_DIR") or ROOT.parent / "shared" / "weights") / MBV2_FILE
+    if not source.is_file():
+        pytest.skip(f"{source} is absent; set FADENET_WEIGHTS_DIR to the folder holding {MBV2_FILE}")
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(source, checkpoints / MBV2_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.mark.aaf
+def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_weights, tmp_path):
+    # 1,200 real faces (960 to train on, 120 to test), ImageNet MobileNetV2, a few seconds an epoch
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "data.subset=1200", "data.size=64", "model.backbone=mobilenet_v2",
+                      "model.pretrained=imagenet", "train.epochs=3", "train.freeze_epochs=1", "train.lr=1e-3",
+                      "train.batch_size=32", "train.warmup_epochs=0.3", "train.mixup_prob=0",
+                      root=aaf_root)
+    faces = prepare(cfg, progress=False)
+    split = load_split(faces, cfg)
+    trainer = Trainer(cfg, faces, split, run_folder(cfg), progress=False)
+    before = trainer.validate(split.test)[1]
+    run = trainer.fit()
+    after = run.meta["test_mae"]
+    test_ages = faces.ages[split.test]
+    median_predictor = float(np.abs(test_ages - np.median(faces.ages[split.train])).mean())
+    assert after < before - 2.0, (before, after)
+    assert after < median_predictor, (after, median_predictor)
+    assert math.isfinite(run.history["val_mae"].iloc[-1])
