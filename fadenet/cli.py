@@ -62,24 +62,52 @@ def cmd_train(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.what == "speed":
+        return cmd_bench_speed(args)
     import torch
     from .data import load_split, prepare
     cfg = _config(args)
+    batch = args.batch[0] if args.batch else 64
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     faces = prepare(cfg)
     split = load_split(faces, cfg)
     if args.what == "data":
         from .data.report import loader_rate
-        rate = loader_rate(faces, split.train, batch_size=args.batch)
+        rate = loader_rate(faces, split.train, batch_size=batch)
         print(f"training input pipeline: {rate:,.0f} augmented images/s "
-              f"({faces.source}, {faces.size}px, batch {args.batch}, {torch.get_num_threads()} torch threads)")
+              f"({faces.source}, {faces.size}px, batch {batch}, {torch.get_num_threads()} torch threads)")
     elif args.what == "train":
         from .training.trainer import training_throughput
         r = training_throughput(cfg, faces, split, steps=args.steps)
         print(f"training throughput, {r['backbone']}, {r['size']}px, batch {r['batch_size']}, "
               f"{r['threads']} threads: real loop {r['loop']:.1f} images/s, bare forward/backward/step "
               f"{r['bare']:.1f} images/s, ratio {r['ratio']:.1%}")
+
+
+def cmd_bench_speed(args) -> None:
+    from .data import load_split, prepare
+    from .deploy import hardware_text, speed_table
+    from .deploy.report import save_speed_tables, targets, throughput_table
+    from .figures import markdown_table, provenance
+    cfg = _config(args)
+    chosen = {"eval.bench_models": ",".join(args.models or []), "eval.bench_batches": args.batch,
+              "eval.bench_threads": args.threads, "eval.bench_size": args.size}
+    cfg.override({key: value for key, value in chosen.items() if value})
+    faces = prepare(cfg)
+    table = speed_table(cfg, faces, load_split(faces, cfg), backends=args.backends)
+    caption = (f"{hardware_text(cfg.eval.bench_threads, cfg.eval.bench_size)}; inputs and INT8 calibration: "
+               f"{provenance(cfg, faces.source, len(faces))}")
+    path = save_speed_tables(table, "bench_speed", cfg, caption)
+    print(markdown_table(throughput_table(table)))
+    print(f"\n{caption}\n")
+    print(markdown_table(targets(table)))
+    print(f"\ntables: {path} and {path.with_name('bench_speed_latency.md')} (latencies, n/a reasons)")
+
+
+def cmd_export(args) -> None:
+    from .deploy import export_checkpoint
+    print(export_checkpoint(args.checkpoint, args.out, int8=args.int8, threads=args.threads).describe())
 
 
 def cmd_evaluate(args) -> None:
@@ -144,11 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="print throughput figures")
-    p.add_argument("what", choices=["data", "train"])
-    p.add_argument("--batch", type=int, default=64, help="batch size of the data benchmark")
+    p.add_argument("what", choices=["data", "train", "speed"],
+                   help="speed: inference latency and throughput of the networks on each back-end")
+    p.add_argument("--batch", type=_int_list, default=None,
+                   help="batch size of the data benchmark (default 64); comma-separated sizes of the "
+                        "speed benchmark (default eval.bench_batches, 1,32)")
     p.add_argument("--steps", type=int, default=20, help="timed steps of the training benchmark")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="speed: networks to time (default eval.bench_models=all: FADE-Net, its variants, "
+                        "the backbone baselines and torchvision mobilenet_v3_large)")
+    p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                   help="speed: eager channels_last compile ort_fp32 ort_int8 (and cuda cuda_amp "
+                        "cuda_graphs with a GPU; default all)")
+    p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default eval.bench_threads, 2)")
+    p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default eval.bench_size, 224)")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch and size), checked against "
+                                      "PyTorch on real faces; --int8 adds a quantised copy and both test MAEs")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <name>.int8.onnx, calibrated on real training faces, and report its test MAE")
+    p.add_argument("--out", type=Path, default=None, help="the ONNX file (default: model.onnx beside the checkpoint)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: torch's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="MAE and CS@5 of a checkpoint or an ensemble, in- or cross-dataset")
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
@@ -187,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_summary)
     return parser
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
+    return values
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

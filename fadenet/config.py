@@ -109,7 +109,13 @@ class EvalConfig:
     scales: tuple[float, ...] = (0.9, 1.0, 1.1)
     seeds: tuple[int, ...] = (42, 1337)
     ablation_budget: float = 1.0  # scales the ablation notebook's epochs and subset
-    bench_repeats: int = 50
+    bench_repeats: int = 50       # speed benchmark (notebook 07): timed calls of each network, back-end and batch
+    bench_seconds: float = 120.0  # ... its timed rounds stop early once this much time per batch size is spent
+    bench_size: int = 224         # ... input size in pixels (the paper's)
+    bench_batches: tuple[int, ...] = (1, 32)
+    bench_threads: int = 2        # ... CPU threads of every back-end (torch and ONNX Runtime)
+    bench_models: str = "all"     # ... comma-separated names of fadenet.deploy.speed.bench_models(), or all
+    bench_compile_seconds: float = 600.0  # ... torch.compile is tried until this much compiling is spent; 0 = never
 
 
 @dataclass
@@ -206,6 +212,11 @@ class Config:
             ("loss.lds_clip", self.loss.lds_clip, 1.0, None),
             ("eval.ablation_budget", self.eval.ablation_budget, 1e-3, None),
             ("eval.bench_repeats", self.eval.bench_repeats, 1, None),
+            ("eval.bench_seconds", self.eval.bench_seconds, 0.0, None),
+            ("eval.bench_size", self.eval.bench_size, 32, 512),
+            ("eval.bench_batches", min(self.eval.bench_batches, default=0), 1, None),
+            ("eval.bench_threads", self.eval.bench_threads, 1, None),
+            ("eval.bench_compile_seconds", self.eval.bench_compile_seconds, 0.0, None),
         ]
         for key, value, low, high in ranges:
             if not (math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)):
@@ -233,6 +244,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               "model.backbone": "mobilenet_v3_large", "model.pretrained": "none",
               "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-3, "train.freeze_epochs": 0,
               "eval.tta": "flip", "eval.ablation_budget": 0.02, "eval.bench_repeats": 3,
+              "eval.bench_size": 64, "eval.bench_batches": (1, 2), "eval.bench_models": "fadenet",
+              "eval.bench_seconds": 2.0, "eval.bench_compile_seconds": 0.0,
               "eval.seeds": (42, 1337)},
 }
 

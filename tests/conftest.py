@@ -57,6 +57,19 @@ def aaf_subset_root(aaf_root: Path, tmp_path_factory) -> Path:
     return root
 
 
+# ---- threads --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny forward passes gain nothing from a second one, and
+    on a busy 2-core machine a second thread mostly waits. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- configurations -------------------------------------------------------------------------
 @pytest.fixture
 def cfg_factory(tmp_path: Path):

@@ -19,13 +19,7 @@ from fadenet.model import build_model
 from fadenet.training import CheckpointError, train
 from fadenet.training.trainer import Trainer, training_rows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sharp_net(seed: int):

@@ -21,6 +21,8 @@ from fadenet.model.weights import weights_downloadable
 
 MBV2_FILE = "mobilenet_v2-b0353104.pth"
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -45,16 +47,6 @@ def head(features: int, hidden: int = 1024, classes: int = 81) -> int:
 
 def paper(**changes) -> ModelConfig:
     return ModelConfig(pretrained="none", **changes)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small inputs gain nothing from threads, and on a busy 2-core machine torch's second
-    # thread slows a forward pass by two orders of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

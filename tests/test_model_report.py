@@ -11,14 +11,7 @@ from matplotlib.text import Text
 from fadenet.config import ModelConfig, load_config
 from fadenet.model import build_model, count_macs, report
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny forward passes gain nothing from a second thread on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def value(cfg, key: str):

@@ -24,16 +24,8 @@ from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint
 from fadenet.training import trainer as trainer_module
 from fadenet.training.trainer import Trainer, lr_at, run_folder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 MBV2_FILE = "mobilenet_v2-b0353104.pth"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches; a second thread only waits on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 def _history(run) -> pd.DataFrame:

@@ -1,0 +1,153 @@
+"""Tables and the figure of the speed chapter (notebook 07): the speed table by back-end, the
+targets of issue 6, the seeds' speed claims next to what is measured here, and speed against
+size and accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..figures import save_table
+from ..model.report import VANILLA
+from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, Int8Study, same_network
+
+EAGER, ORT_FP32, ORT_INT8 = BACKENDS["eager"], BACKENDS["ort_fp32"], BACKENDS["ort_int8"]
+SHORT = {"PyTorch eager": "eager", "PyTorch channels-last": "channels-last", BACKENDS["compile"]: "compile",
+         ORT_FP32: "ORT FP32", ORT_INT8: "ORT INT8", **{v: v for v in CUDA_BACKENDS.values()}}
+
+
+def throughput_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Images/s of every network (rows) on every back-end and batch size (columns), "n/a" where a
+    back-end could not run, with parameters and multiply-adds: the table README shows."""
+    cost = [c for c in table.columns if c.startswith("M multiply-adds")]
+    wide = table.pivot_table(index="model", columns=["batch", "backend"], values="images/s", sort=False,
+                             dropna=False)
+    wide.columns = [f"{SHORT.get(backend, backend)} @{batch}" for batch, backend in wide.columns]
+    wide = wide.map(lambda v: "n/a" if pd.isna(v) else f"{v:.1f}")
+    sizes = table.drop_duplicates("model").set_index("model")[["parameters", *cost]]
+    return sizes.join(wide).reset_index()
+
+
+def save_speed_tables(table: pd.DataFrame, name: str, cfg: Config, caption: str) -> Path:
+    """``<name>.csv/.md`` (images/s by network and back-end) and ``<name>_latency.csv/.md``
+    (every row with its latencies, timed calls, set-up time and n/a reasons)."""
+    save_table(table.round(3), f"{name}_latency", cfg, caption)
+    return save_table(throughput_table(table), name, cfg, f"images/s = batch / median latency; {caption}")
+
+
+def best_backend(table: pd.DataFrame, model: str, batch: int = 1) -> pd.Series | None:
+    """The row of the fastest back-end of ``model`` at ``batch`` (None when none was timed)."""
+    rows = table[(table["model"] == model) & (table["batch"] == batch) & table["images/s"].notna()]
+    return rows.loc[rows["images/s"].idxmax()] if len(rows) else None
+
+
+def _rate(table: pd.DataFrame, model: str, backend: str, batch: int = 1) -> float:
+    rows = table[(table["model"] == model) & (table["backend"] == backend) & (table["batch"] == batch)]
+    return float(rows["images/s"].iloc[0]) if len(rows) else float("nan")
+
+
+def targets(table: pd.DataFrame, study: Int8Study | None = None) -> pd.DataFrame:
+    """The targets of issue 6 at batch 1, each with what was measured and whether it is reached
+    (None where this run did not measure it)."""
+    best = best_backend(table, "fadenet")
+    vanilla = _rate(table, VANILLA, EAGER)
+    speedup = best["images/s"] / vanilla if best is not None else float("nan")
+    int8 = _rate(table, "fadenet", ORT_INT8) / _rate(table, "fadenet", ORT_FP32)
+    rows = [("FADE-Net's fastest back-end / vanilla MobileNetV3-Large in PyTorch eager", "at least 2.0", speedup,
+             speedup >= 2.0, f"{best['backend']}: {best['images/s']:.1f} vs {vanilla:.1f} images/s"
+             if best is not None and np.isfinite(vanilla) else "not both measured"),
+            ("FADE-Net ONNX Runtime INT8 / FP32", "at least 1.3", int8, int8 >= 1.3,
+             f"{_rate(table, 'fadenet', ORT_INT8):.1f} vs {_rate(table, 'fadenet', ORT_FP32):.1f} images/s"
+             if np.isfinite(int8) else "not both measured")]
+    if study is not None:
+        default = study.table[study.table["engine"].str.endswith("(default)")].iloc[0]
+        rows.append(("INT8 test MAE - FP32 test MAE (trained checkpoint)", "at most 0.1",
+                     default["MAE - FP32 MAE"], abs(default["MAE - FP32 MAE"]) <= 0.1, default["engine"]))
+    out = pd.DataFrame(rows, columns=["target", "wanted", "measured", "reached", "detail"])
+    out["reached"] = [None if not np.isfinite(m) else bool(r) for m, r in zip(out["measured"], out["reached"])]
+    out["measured"] = out["measured"].round(3)
+    return out
+
+
+def spp_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """FADE-Net with cascaded (default) against parallel SPP pools, on every back-end and batch."""
+    rows = []
+    for (backend, batch), group in table[table["model"].isin(["fadenet", PARALLEL_SPP])].groupby(
+            ["backend", "batch"], sort=False):
+        fast, parallel = _rate(group, "fadenet", backend, batch), _rate(group, PARALLEL_SPP, backend, batch)
+        rows.append({"backend": backend, "batch": batch, "cascaded images/s": round(fast, 1),
+                     "parallel images/s": round(parallel, 1), "cascaded / parallel": round(fast / parallel, 3)})
+    return pd.DataFrame(rows)
+
+
+def speed_claims(table: pd.DataFrame, hardware: str) -> pd.DataFrame:
+    """The seeds' speed claims ("reported", with their hardware) next to FADE-Net's batch-1
+    throughput measured here (with this machine's)."""
+    best, eager = best_backend(table, "fadenet"), _rate(table, "fadenet", EAGER)
+    cpu = table[~table["backend"].isin(CUDA_BACKENDS.values())]
+    gpu = table[table["backend"].isin(CUDA_BACKENDS.values())]
+    best_cpu, best_gpu = best_backend(cpu, "fadenet"), best_backend(gpu, "fadenet")
+    measured_cpu = (f"{best_cpu['images/s']:.0f} images/s ({best_cpu['backend']}); "
+                    f"{eager:.0f} in PyTorch eager" if best_cpu is not None else "not measured")
+    measured_gpu = (f"{best_gpu['images/s']:.0f} images/s ({best_gpu['backend']})" if best_gpu is not None
+                    else "not measured: no GPU here")
+    return pd.DataFrame([
+        ("speed on CPU, batch 1", "59 FPS", "Ryzen 9 CPU", "HAL-Net README (FADE-Net's says only 'real-time')",
+         measured_cpu, hardware),
+        ("speed on GPU, batch 1", "122 FPS", "RTX 3060", "HAL-Net README", measured_gpu, hardware),
+    ], columns=["claim", "reported", "reported hardware", "reported in", "measured here (FADE-Net)", "hardware here"])
+
+
+def load_ablation(cfg: Config) -> pd.DataFrame | None:
+    """Notebook 04's ablation table (test MAE per variant), or None before notebook 04 has run."""
+    path = cfg.figures_path / "tables" / "04_ablation.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def speed_figure(table: pd.DataFrame, ablation: pd.DataFrame | None, batch: int = 1) -> plt.Figure:
+    """Images/s at ``batch`` against parameters (left; PyTorch eager and each network's fastest
+    back-end) and against the test MAE of notebook 04's ablation (right)."""
+    fastest = [best_backend(table, name, batch) for name in dict.fromkeys(table["model"])]
+    best = pd.DataFrame([row for row in fastest if row is not None])
+    eager = table[(table["backend"] == EAGER) & (table["batch"] == batch)].set_index("model")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for _, row in best.iterrows():
+        params = row["parameters"] / 1e6
+        left.scatter(params, row["images/s"], color="tab:blue", zorder=3)
+        if row["model"] in eager.index:
+            left.scatter(params, eager.loc[row["model"], "images/s"], facecolor="none", edgecolor="tab:gray", zorder=3)
+        left.annotate(row["model"], (params, row["images/s"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    left.scatter([], [], color="tab:blue", label="fastest back-end")
+    left.scatter([], [], facecolor="none", edgecolor="tab:gray", label="PyTorch eager")
+    left.set(xlabel="parameters (millions)", ylabel=f"images/s (batch {batch})", yscale="log",
+             title="speed against size")
+    left.legend(fontsize=8)
+    _mae_panel(right, best, ablation, batch)
+    fig.tight_layout()
+    return fig
+
+
+def _mae_panel(ax: plt.Axes, best: pd.DataFrame, ablation: pd.DataFrame | None, batch: int) -> None:
+    ax.set(title="speed against accuracy", xlabel="test MAE (years), notebook 04", ylabel=f"images/s (batch {batch})")
+    if ablation is None:
+        ax.text(0.5, 0.5, "no test MAE yet:\nfigures/tables/04_ablation.csv is absent\n(run notebook 04)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.4")
+        return
+    speed = best.set_index("model")["images/s"]
+    aliases = same_network()
+    shown = 0
+    for _, row in ablation.iterrows():
+        timed = aliases.get(row["variant"], row["variant"])
+        if timed not in speed.index:
+            continue
+        ax.errorbar(row["test MAE mean"], speed[timed], xerr=np.nan_to_num(row.get("test MAE std", 0.0)), fmt="o",
+                    color="tab:blue", capsize=3)
+        ax.annotate(row["variant"], (row["test MAE mean"], speed[timed]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+        shown += 1
+    if not shown:
+        ax.text(0.5, 0.5, "no variant of the ablation was timed here", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")

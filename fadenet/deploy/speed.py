@@ -1,0 +1,444 @@
+"""Chapter 07: how fast each network runs on each back-end, all measured in one run.
+
+Every (network, back-end, batch size) is made ready first (ONNX export, INT8 quantisation,
+torch.compile, warm-up calls). The timed calls then go round-robin in a shuffled order, so that
+whatever else the machine is doing slows them all alike and their ratios stay comparable when
+the absolute figures do not. In each round every contender makes one untimed settling call and
+then one timed call: torch's OpenMP threads and ONNX Runtime's thread pool keep spinning for a
+moment after their work, and the call right after a switch of engine would pay for it.
+
+Latency is the wall time of one call (a batch of normalised faces in, logits out); throughput is
+batch size / median latency.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import torch
+import torchvision
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError
+from ..data import FaceSet, Split
+from ..model import SpatialPyramidPooling, build_model, count_macs
+from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
+from .export import (CALIBRATION_FACES, DEFAULT_INT8, INPUT, INT8_RECIPES, Int8Recipe, export_onnx, face_batch,
+                     mae_by_engine, ort_session, quantize_int8, spread_rows)
+
+BACKENDS = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",
+            "compile": "torch.compile (inductor, frozen)", "ort_fp32": "ONNX Runtime FP32",
+            "ort_int8": "ONNX Runtime INT8"}
+CUDA_BACKENDS = {"cuda": "CUDA FP32", "cuda_amp": "CUDA AMP (FP16)", "cuda_graphs": "CUDA AMP + CUDA graphs"}
+PARALLEL_SPP = "fadenet (parallel SPP)"
+WARMUP = 3       # untimed calls after preparation (the first one compiles, for torch.compile)
+MIN_ROUNDS = 3   # timed rounds even when the time budget is spent earlier
+
+
+class Unavailable(Exception):
+    """A back-end that cannot run a network here; the message is the reason shown in the table."""
+
+
+# ---- what is timed ---------------------------------------------------------------------------
+def bench_models() -> dict[str, Callable[[], nn.Module]]:
+    """Every distinct network the benchmark times, by name, FADE-Net and the reference first:
+    the ablation and leave-one-out variants and the backbone baselines of notebook 02 (randomly
+    initialised: speed does not depend on the weights), FADE-Net with the parallel SPP pools,
+    and torchvision's 1000-class MobileNetV3-Large ("vanilla"). Variants that differ only in
+    their loss share a network with another and are timed once (see :func:`same_network`)."""
+    return _networks()[0]
+
+
+def same_network() -> dict[str, str]:
+    """Variants not timed because their network is another's, e.g. {"+dldl_v2": "baseline"}."""
+    return _networks()[1]
+
+
+@functools.cache
+def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
+    variants = {"fadenet": ABLATION_VARIANTS["fadenet"],
+                PARALLEL_SPP: {**ABLATION_VARIANTS["fadenet"], "model.fast_spp": False},
+                VANILLA: None, **ABLATION_VARIANTS, **LEAVE_ONE_OUT, **BACKBONE_BASELINES}
+    builders: dict[str, Callable[[], nn.Module]] = {VANILLA: torchvision.models.mobilenet_v3_large}
+    timed: dict[str, str] = {}   # ModelConfig repr -> name of the variant that times it
+    aliases = {}
+    for name, overrides in variants.items():
+        if overrides is None:
+            continue
+        model_cfg = variant_config(overrides).model
+        key = repr(model_cfg)
+        if key in timed:
+            aliases[name] = timed[key]
+        else:
+            timed[key] = name
+            builders[name] = functools.partial(build_model, model_cfg)
+    order = list(variants)
+    return dict(sorted(builders.items(), key=lambda item: order.index(item[0]))), aliases
+
+
+def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Module]]:
+    """The builders of ``names`` ("all", a comma-separated string or a list), in the given order."""
+    known = bench_models()
+    if isinstance(names, str):
+        if names.strip() == "all":
+            return known
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ConfigError(f"eval.bench_models: unknown network(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"known: all, {', '.join(known)}")
+    return {n: known[n] for n in names}
+
+
+def available_backends() -> list[str]:
+    """The CPU back-ends, and the CUDA ones when a GPU is present."""
+    return list(BACKENDS) + (list(CUDA_BACKENDS) if torch.cuda.is_available() else [])
+
+
+def hardware() -> dict[str, str | int]:
+    """The machine and software the figures were measured with."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": _cpu_name(), "cores": os.cpu_count() or 0, "gpu": gpu, "torch": torch.__version__,
+            "onnxruntime": ort.__version__, "python": platform.python_version()}
+
+
+def hardware_text(threads: int, size: int) -> str:
+    h = hardware()
+    return (f"{h['cpu']}, {h['cores']} cores, {threads} threads; GPU: {h['gpu']}; torch {h['torch']}, "
+            f"onnxruntime {h['onnxruntime']}; {size}x{size} input")
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# ---- getting a back-end ready ----------------------------------------------------------------
+class Network:
+    """One network under test and what its back-ends share: the ONNX files, the channels-last
+    and compiled copies, and the seconds each took to make."""
+
+    def __init__(self, name: str, model: nn.Module, folder: Path, calibration: np.ndarray, threads: int,
+                 recipe: Int8Recipe = DEFAULT_INT8):
+        self.name, self.model, self.folder = name, model.eval(), folder
+        self.calibration, self.threads, self.recipe = calibration, threads, recipe
+        self.made: dict[str, float] = {}
+        self._cache: dict[str, object] = {}
+
+    def _once(self, key: str, make: Callable[[], object]) -> object:
+        """``make()`` the first time, its result (or its exception) after."""
+        if key not in self._cache:
+            started = time.perf_counter()
+            try:
+                self._cache[key] = make()
+            except Exception as e:  # a failed export is not retried at the next batch size
+                self._cache[key] = e
+            self.made[key] = time.perf_counter() - started
+        if isinstance(self._cache[key], Exception):
+            raise self._cache[key]
+        return self._cache[key]
+
+    def onnx(self, precision: str) -> Path:
+        fp32 = self.folder / f"{_slug(self.name)}.onnx"
+        self._once("fp32", lambda: export_onnx(self.model, fp32, self.calibration.shape[-1]))
+        if precision == "fp32":
+            return fp32
+        return self._once("int8", lambda: quantize_int8(fp32, fp32.with_suffix(".int8.onnx"), self.calibration,
+                                                       self.recipe))
+
+    def session(self, precision: str) -> ort.InferenceSession:
+        return self._once(f"session {precision}", lambda: ort_session(self.onnx(precision), self.threads))
+
+    def channels_last(self) -> nn.Module:
+        return self._once("channels_last", lambda: copy.deepcopy(self.model).to(memory_format=torch.channels_last))
+
+    def compiled(self) -> nn.Module:
+        # freezing folds the weights into the graph as constants, which inference on CPU needs
+        # to be fast (without it, compiled code was many times slower than eager here)
+        return self._once("compile", lambda: torch.compile(self.model, dynamic=False, options={"freezing": True}))
+
+    def on_gpu(self) -> nn.Module:
+        return self._once("cuda", lambda: copy.deepcopy(self.model).cuda())
+
+    def setup_seconds(self, backend: str) -> float:
+        keys = {"ort_fp32": ("fp32", "session fp32"), "ort_int8": ("fp32", "int8", "session int8"),
+                "channels_last": ("channels_last",)}.get(backend, ())
+        return sum(self.made.get(k, 0.0) for k in keys)
+
+
+@dataclass
+class CompileBudget:
+    """torch.compile cannot be interrupted, so it is tried only while compiling has taken less
+    than ``seconds`` in total; later networks get "n/a" with that reason."""
+    seconds: float
+    spent: float = 0.0
+
+    def check(self) -> None:
+        if self.seconds <= 0:
+            raise Unavailable("not tried (eval.bench_compile_seconds=0)")
+        if self.spent >= self.seconds:
+            raise Unavailable(f"not tried: the compile budget of {self.seconds:.0f} s was spent")
+
+
+def make_call(net: Network, backend: str, x: torch.Tensor) -> Callable[[], object]:
+    """A call that runs the batch ``x`` through ``net`` on ``backend`` (to be run under
+    ``torch.inference_mode``); raises :class:`Unavailable` when the back-end cannot."""
+    if backend == "eager":
+        return functools.partial(net.model, x)
+    if backend == "channels_last":
+        return functools.partial(net.channels_last(), x.contiguous(memory_format=torch.channels_last))
+    if backend == "compile":
+        return functools.partial(net.compiled(), x)
+    if backend in ("ort_fp32", "ort_int8"):
+        session, feed = net.session(backend[4:]), {INPUT: x.numpy()}
+        return functools.partial(session.run, None, feed)
+    if backend in CUDA_BACKENDS:
+        return _cuda_call(net.on_gpu(), x.cuda(), amp=backend != "cuda", graph=backend == "cuda_graphs")
+    raise ValueError(f"back-end {backend!r} is not one of {', '.join(available_backends())}")
+
+
+def _cuda_call(model: nn.Module, x: torch.Tensor, amp: bool, graph: bool) -> Callable[[], object]:
+    """A synchronised CUDA call (the time includes the GPU's work), optionally replaying a
+    captured CUDA graph, which removes the per-kernel launch cost that dominates at batch 1."""
+    def run():
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            return model(x)
+
+    if not graph:
+        def call():
+            out = run()
+            torch.cuda.synchronize()
+            return out
+        return call
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+        for _ in range(WARMUP):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    captured = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(captured):
+        out = run()
+
+    def replay():
+        captured.replay()
+        torch.cuda.synchronize()
+        return out
+    return replay
+
+
+def ready(net: Network, backend: str, x: torch.Tensor, budget: CompileBudget) -> tuple[Callable | None, float, str]:
+    """(warmed-up call or None, seconds it took to get ready, "" or the reason it is n/a)."""
+    started = time.perf_counter()
+    try:
+        if backend == "compile":
+            budget.check()
+        call = make_call(net, backend, x)
+        for _ in range(WARMUP):  # for torch.compile, the first call at a new batch size compiles
+            call()
+    except Unavailable as e:
+        return None, 0.0, f"n/a ({e})"
+    except Exception as e:  # an export, quantiser or compiler failure is a result, not a crash
+        first_line = (str(e).strip().splitlines() or [""])[0][:160]
+        return None, time.perf_counter() - started, f"n/a ({type(e).__name__}: {first_line})"
+    finally:
+        if backend == "compile":
+            budget.spent += time.perf_counter() - started
+    return call, net.setup_seconds(backend) + time.perf_counter() - started, ""
+
+
+# ---- timing ----------------------------------------------------------------------------------
+def round_robin(calls: dict, repeats: int, seconds: float, desc: str = "timing",
+                progress: bool = True, seed: int = 0) -> dict[object, list[float]]:
+    """Latency of every call, in seconds: ``repeats`` rounds (fewer when ``seconds`` are spent,
+    but at least MIN_ROUNDS), each call settling once and then timed once per round, in a
+    shuffled order."""
+    times: dict[object, list[float]] = {key: [] for key in calls}
+    order = list(calls)
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    for r in tqdm(range(repeats), desc=desc, unit="round", disable=not progress, leave=False):
+        if r >= MIN_ROUNDS and time.perf_counter() - started > seconds:
+            break
+        rng.shuffle(order)
+        for key in order:
+            calls[key]()
+            t = time.perf_counter()
+            calls[key]()
+            times[key].append(time.perf_counter() - t)
+    return times
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequence[str] | None = None,
+                backends: Sequence[str] | None = None, batches: Sequence[int] | None = None,
+                size: int | None = None, threads: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """One row per network, back-end and batch size: median and 90th-percentile latency,
+    throughput, timed calls, seconds to get ready, parameters and multiply-adds, and "n/a
+    (reason)" where a back-end cannot run. Unset arguments come from ``cfg.eval.bench_*``.
+
+    Inputs are real faces of ``faces``' test split resized to ``size``; INT8 graphs are calibrated
+    on real training faces (:data:`CALIBRATION_FACES`) at the cache's size."""
+    e = cfg.eval
+    builders = select_models(models if models is not None else e.bench_models)
+    backends = list(backends or available_backends())
+    unknown = [b for b in backends if b not in available_backends()]
+    if unknown:
+        raise ConfigError(f"unknown or unavailable back-end(s) {', '.join(unknown)}; here: "
+                          f"{', '.join(available_backends())}")
+    batches, size, threads = list(batches or e.bench_batches), size or e.bench_size, threads or e.bench_threads
+    x = torch.from_numpy(face_batch(faces, np.resize(spread_rows(faces, split.test, max(batches)), max(batches)), size))
+    calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+    budget = CompileBudget(e.bench_compile_seconds)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fadenet-speed-") as folder, torch_threads(threads), torch.inference_mode():
+        torch.manual_seed(0)
+        nets = [Network(name, build(), Path(folder), calibration, threads) for name, build in builders.items()]
+        for batch in batches:
+            calls, notes, setup = {}, {}, {}
+            jobs = [(net, backend) for net in nets for backend in backends]
+            for net, backend in tqdm(jobs, desc=f"preparing, batch {batch}", disable=not progress, leave=False):
+                call, setup[net.name, backend], notes[net.name, backend] = ready(net, backend, x[:batch], budget)
+                if call is not None:
+                    calls[net.name, backend] = call
+            times = round_robin(calls, e.bench_repeats, e.bench_seconds, f"timing, batch {batch}", progress)
+            rows += [_row(net.name, backend, batch, times.get((net.name, backend), []), setup[net.name, backend],
+                          notes[net.name, backend]) for net, backend in jobs]
+        costs = {net.name: (_parameters(net.model), count_macs(net.model, size) / 1e6) for net in nets}
+    table = pd.DataFrame(rows)
+    table.insert(3, "size", size)
+    table.insert(4, "threads", threads)
+    table["parameters"] = table["model"].map(lambda n: costs[n][0])
+    table[f"M multiply-adds @{size}px"] = table["model"].map(lambda n: round(costs[n][1], 1))
+    return table
+
+
+def _row(model: str, backend: str, batch: int, seconds: list[float], setup: float, note: str) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    timed = len(ms) > 0
+    return {"model": model, "backend": BACKENDS.get(backend) or CUDA_BACKENDS[backend], "batch": batch,
+            "p50 ms": float(np.median(ms)) if timed else np.nan,
+            "p90 ms": float(np.percentile(ms, 90)) if timed else np.nan,
+            "images/s": float(batch * 1e3 / np.median(ms)) if timed else np.nan,
+            "timed calls": len(ms), "setup s": round(setup, 1), "note": note}
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+# ---- two questions the table alone does not answer -------------------------------------------
+def spp_pooling_speed(cfg: Config, channels: int = 960, progress: bool = True) -> pd.DataFrame:
+    """Latency of SPP's pooling alone (the map and its 5, 9 and 13 max-pools) on FADE-Net's last
+    map at the benchmark size, as three parallel pools and as three cascaded 5x5 pools; the
+    1x1 projection after them is the same in both forms and left out."""
+    e = cfg.eval
+    parallel = "parallel (5, 9, 13)"
+    forms = {parallel: SpatialPyramidPooling(channels, fast=False),
+             "cascaded (5, 5, 5)": SpatialPyramidPooling(channels, fast=True)}
+    side = -(-e.bench_size // 32)
+    maps = {batch: torch.randn(batch, channels, side, side) for batch in e.bench_batches}
+    calls = {(form, batch): functools.partial(module.pyramid, maps[batch])
+             for form, module in forms.items() for batch in e.bench_batches}
+    with torch_threads(e.bench_threads), torch.inference_mode():
+        for call in calls.values():
+            call()
+        times = round_robin(calls, e.bench_repeats, e.bench_seconds, "SPP pooling", progress)
+    median = {key: 1e3 * float(np.median(t)) for key, t in times.items()}
+    return pd.DataFrame([{"SPP pooling": form, "batch": batch, "map": f"{channels}x{side}x{side}",
+                          "p50 ms": median[form, batch],
+                          "speed-up over parallel": round(median[parallel, batch] / median[form, batch], 2)}
+                         for form, batch in calls])
+
+
+@dataclass
+class Int8Study:
+    """INT8 against FP32 for one trained network (see :func:`int8_study`)."""
+    table: pd.DataFrame     # one row per engine: batch-1 throughput, speed-up over FP32, test MAE
+    profile: pd.DataFrame   # milliseconds per call by operator type, FP32 and the first recipe
+
+
+def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
+               recipes: Sequence[Int8Recipe] = INT8_RECIPES, progress: bool = True) -> Int8Study:
+    """Quantise ``model`` (trained on ``faces``) with each recipe, calibrated on real training
+    faces; measure every engine's test MAE at the training size and its batch-1 latency at the
+    benchmark size in one interleaved run; profile FP32 and the first recipe by operator type."""
+    e = cfg.eval
+    with tempfile.TemporaryDirectory(prefix="fadenet-int8-") as folder, torch_threads(e.bench_threads):
+        fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
+        calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+        paths = {"ONNX Runtime FP32": fp32}
+        for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False)):
+            default = " (default)" if recipe == DEFAULT_INT8 else ""
+            paths[f"ONNX Runtime INT8, {recipe.label}{default}"] = quantize_int8(
+                fp32, Path(folder) / f"int8-{i}.onnx", calibration, recipe)
+        sessions = {name: ort_session(path, e.bench_threads) for name, path in paths.items()}
+        mae = mae_by_engine(model, sessions, faces, split.test, progress)
+        x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
+        calls = {"PyTorch FP32": functools.partial(model.eval(), torch.from_numpy(x))}
+        calls.update({name: functools.partial(s.run, None, {INPUT: x}) for name, s in sessions.items()})
+        with torch.inference_mode():
+            for call in calls.values():
+                for _ in range(WARMUP):
+                    call()
+            times = round_robin(calls, e.bench_repeats, e.bench_seconds, "INT8 recipes", progress)
+        profile = op_profile({"FP32": fp32, "INT8": paths[list(paths)[1]]}, x, e.bench_threads)
+    per_second = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
+    fp32_mae, fp32_speed = mae["ONNX Runtime FP32"], per_second["ONNX Runtime FP32"]
+    table = pd.DataFrame([{"engine": name, f"images/s (batch 1, {e.bench_size}px)": per_second[name],
+                           "speed-up over ONNX Runtime FP32": round(per_second[name] / fp32_speed, 2),
+                           f"test MAE ({faces.size}px)": mae[name],
+                           "MAE - FP32 MAE": mae[name] - fp32_mae} for name in calls])
+    return Int8Study(table, profile)
+
+
+def op_profile(graphs: dict[str, Path], x: np.ndarray, threads: int, runs: int = 20) -> pd.DataFrame:
+    """Where ONNX Runtime spends one call of each graph, by operator type (milliseconds per call,
+    from its own profiler; the first call is left out), busiest first, with the total."""
+    columns = {}
+    with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder:
+        for name, path in graphs.items():
+            session = ort_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
+            for _ in range(runs + 1):
+                session.run(None, {INPUT: x})
+            events = json.loads(Path(session.end_profiling()).read_text())
+            calls = sorted((ev for ev in events if ev.get("name") == "model_run"), key=lambda ev: ev["ts"])
+            after_first = calls[0]["ts"] + calls[0]["dur"]
+            kernels = [(ev["args"]["op_name"], ev["dur"]) for ev in events
+                       if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > after_first]
+            busy = pd.DataFrame(kernels, columns=["operator", "us"]).groupby("operator")["us"].sum()
+            columns[f"{name} ms/call"] = busy / (len(calls) - 1) / 1e3
+    table = pd.DataFrame(columns).fillna(0.0)
+    table = table.loc[table.max(axis=1).sort_values(ascending=False).index]
+    table.loc["total"] = table.sum()
+    return table.round(3)

@@ -1,0 +1,185 @@
+"""Deployment (chapter 07): ONNX export checked against PyTorch on real faces, INT8 quantisation,
+and the structure of the speed benchmark's tables. No test here asserts a speed."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fadenet.cli import build_parser, main
+from fadenet.config import ConfigError, load_config
+from fadenet.data import load_split, prepare
+from fadenet.deploy import BACKENDS, export_checkpoint, op_profile, speed_table, spp_pooling_speed
+from fadenet.deploy.export import PARITY_TOLERANCE, face_batch, ort_session
+from fadenet.deploy.report import spp_comparison, targets, throughput_table
+from fadenet.evaluation import expected_age, predict_probs
+from fadenet.model import predict
+from fadenet.training import CheckpointError, load_model, train
+
+pytestmark = [pytest.mark.aaf, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def cfg(aaf_subset_root, tmp_path_factory):
+    """The smoke profile on ~240 real AAF faces, everything it writes in a temporary folder."""
+    folder = tmp_path_factory.mktemp("deploy")
+    return load_config("smoke", "data.source=aaf", f"data.root={aaf_subset_root}", f"data.cache_dir={folder}/cache",
+                       f"runs_dir={folder}/runs", f"figures_dir={folder}/figures", "eval.bench_threads=1")
+
+
+@pytest.fixture(scope="module")
+def faces(cfg):
+    faces = prepare(cfg, progress=False)
+    return faces, load_split(faces, cfg)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cfg, faces):
+    """A smoke-trained FADE-Net (one epoch) whose outputs are made to depend on the face: one
+    epoch leaves the batch-norm statistics at their start and the distributions flat (and any
+    export matches a flat distribution), so the statistics are taken from 64 real training faces
+    and the last layer drawn with unit variance. Saved as a checkpoint in its own folder."""
+    faces, split = faces
+    model, _, state = load_model(train(cfg, progress=False).best)
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.from_numpy(face_batch(faces, split.train[:64])))
+        last = model.eval().head[-1].weight
+        last.copy_(torch.randn(last.shape, generator=torch.Generator().manual_seed(0)))
+    state["model"] = model.state_dict()
+    path = Path(cfg.runs_dir) / "sharp" / "best.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint):
+    return export_checkpoint(checkpoint, int8=True, threads=1, progress=False)
+
+
+def onnx_probabilities(path, x: np.ndarray) -> np.ndarray:
+    (logits,) = ort_session(path, threads=1).run(None, {"image": x})
+    return predict(torch.from_numpy(logits))[0].numpy()
+
+
+# ---- export --------------------------------------------------------------------------------
+def test_fp32_export_gives_pytorchs_probabilities_on_real_faces(checkpoint, exported, faces):
+    faces, split = faces
+    model, _, _ = load_model(checkpoint)
+    rows = split.test
+    reference = predict_probs(model, faces.images, rows)
+    assert reference.max(1).mean() > 0.1 and expected_age(reference).std() > 1  # see the fixture
+    difference = np.abs(onnx_probabilities(exported.onnx, face_batch(faces, rows)) - reference).max()
+    assert difference <= PARITY_TOLERANCE
+    assert exported.max_prob_difference <= PARITY_TOLERANCE and exported.parity_faces == min(32, len(rows))
+
+
+@pytest.mark.parametrize("batch,size", [(1, 64), (5, 64), (5, 96)])
+def test_one_export_serves_any_batch_and_input_size(checkpoint, exported, faces, batch, size):
+    faces, split = faces
+    model, _, _ = load_model(checkpoint)
+    x = face_batch(faces, split.test[:batch], size)
+    with torch.no_grad():
+        expected = predict(model(torch.from_numpy(x)))[0].numpy()
+    probs = onnx_probabilities(exported.onnx, x)
+    assert probs.shape == (batch, 81)
+    np.testing.assert_allclose(probs, expected, atol=PARITY_TOLERANCE)
+
+
+def test_exports_are_written_beside_the_checkpoint_and_nothing_else(checkpoint, exported):
+    folder = checkpoint.parent
+    assert exported.onnx == folder / "model.onnx" and exported.int8 == folder / "model.int8.onnx"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_int8_model_runs_and_stays_close_to_fp32(exported, faces):
+    faces, split = faces
+    x = face_batch(faces, split.test)
+    (fp32,), (int8,) = (ort_session(path, threads=1).run(None, {"image": x}) for path in (exported.onnx, exported.int8))
+    assert int8.shape == fp32.shape == (len(x), 81) and np.isfinite(int8).all()
+    # A loose bound: the fixture's unit-variance last layer multiplies quantisation error many
+    # times, so a tight one would test the fixture rather than the quantiser (notebook 07
+    # compares the test MAE of a trained network)
+    assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.8
+    assert exported.int8.stat().st_size < 0.5 * exported.onnx.stat().st_size  # 8-bit weights
+    assert set(exported.mae) == {"PyTorch FP32", "ONNX Runtime FP32", "ONNX Runtime INT8"}
+    assert exported.mae["PyTorch FP32"] == pytest.approx(exported.mae["ONNX Runtime FP32"], abs=1e-3)
+    assert all(math.isfinite(v) for v in exported.mae.values()) and exported.test_faces == len(split.test)
+
+
+def test_op_profile_says_where_the_time_goes(exported, faces):
+    faces, split = faces
+    profile = op_profile({"FP32": exported.onnx, "INT8": exported.int8}, face_batch(faces, split.test[:1]),
+                         threads=1, runs=2)
+    assert list(profile.columns) == ["FP32 ms/call", "INT8 ms/call"]
+    assert profile.index[-1] == "total" and (profile.loc["total"] > 0).all()
+    assert profile.loc["QLinearConv", "INT8 ms/call"] > 0 and profile.loc["QLinearConv", "FP32 ms/call"] == 0
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint at all"])
+def test_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "best.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=str(path)):
+        export_checkpoint(path)
+    assert main(["export", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "model.onnx").exists()
+
+
+# ---- speed benchmark -----------------------------------------------------------------------
+def test_speed_table_has_a_row_per_network_backend_and_batch(cfg, faces):
+    cfg = copy.deepcopy(cfg).override({"eval.bench_repeats": 1, "eval.bench_seconds": 0.0,
+                                            "eval.bench_compile_seconds": 0.0})
+    table = speed_table(cfg, *faces, models="mobilenet_v3_small", batches=(1, 2), size=64, threads=1,
+                        progress=False)
+    assert list(table.columns[:5]) == ["model", "backend", "batch", "size", "threads"]
+    assert {"p50 ms", "p90 ms", "images/s", "timed calls", "setup s", "note", "parameters",
+            "M multiply-adds @64px"} <= set(table.columns)
+    assert len(table) == len(BACKENDS) * 2 and set(table["backend"]) == set(BACKENDS.values())
+    compiled = table[table["backend"] == BACKENDS["compile"]]
+    assert compiled["images/s"].isna().all() and compiled["note"].str.startswith("n/a (not tried").all()
+    timed = table[table["backend"] != BACKENDS["compile"]]
+    assert (timed["timed calls"] == 1).all() and (timed["images/s"] > 0).all() and (timed["note"] == "").all()
+
+    wide = throughput_table(table)
+    assert len(wide) == 1 and "ORT INT8 @2" in wide.columns and wide["compile @1"].iloc[0] == "n/a"
+    measured = targets(table)
+    assert len(measured) == 2 and measured["reached"].isna().all()  # neither FADE-Net nor vanilla was timed
+    assert spp_comparison(table).empty
+
+
+def test_spp_pooling_table_compares_both_forms_per_batch():
+    cfg = load_config("smoke", "eval.bench_repeats=1", "eval.bench_batches=1,3")
+    table = spp_pooling_speed(cfg, channels=8, progress=False)
+    assert len(table) == 4 and set(table["batch"]) == {1, 3}
+    parallel = table[table["SPP pooling"].str.startswith("parallel")]
+    assert (parallel["speed-up over parallel"] == 1.0).all() and (table["p50 ms"] > 0).all()
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"models": "fadenet,nonet"}, "nonet"), ({"backends": ["eager", "tpu"]}, "tpu")])
+def test_unknown_networks_and_backends_are_config_errors_naming_them(cfg, faces, options, message):
+    with pytest.raises(ConfigError, match=message):
+        speed_table(cfg, *faces, progress=False, **options)
+
+
+def test_command_line_takes_the_issues_flags():
+    args = build_parser().parse_args(["bench", "speed", "--models", "fadenet", "resnet18", "--batch", "1,32",
+                                      "--threads", "2", "--size", "224"])
+    assert (args.what, args.models, args.batch, args.threads, args.size) == \
+        ("speed", ["fadenet", "resnet18"], (1, 32), 2, 224)
+    args = build_parser().parse_args(["export", "--checkpoint", "x.pt", "--format", "onnx", "--int8"])
+    assert args.int8 and args.format == "onnx"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "speed", "--batch", "1,zero"])

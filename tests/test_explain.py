@@ -1,0 +1,152 @@
+"""Class activation maps of the predicted age: the target, the methods and layers, hook hygiene,
+the face-region measure and the figures of notebook 06."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+from fadenet.config import ModelConfig
+from fadenet.data.loader import normalize, to_tensor
+from fadenet.explain import LAYERS, METHODS, AgeTarget, compute_cams, face_region, mass_inside, report
+from fadenet.explain.cam import SignedEigenCAM, region_mask
+from fadenet.model import build_model
+
+SIZE = 64
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(pretrained="none")).eval()
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_age_target_is_the_expected_age_with_a_gradient():
+    logits = torch.full((81,), -20.0)
+    logits[30] = logits[31] = 20.0
+    assert AgeTarget()(logits).item() == pytest.approx(30.5, abs=1e-3)
+    logits = torch.randn(81, requires_grad=True)
+    AgeTarget()(logits).backward()
+    assert logits.grad.abs().sum() > 0
+    # more weight on older ages raises the target: the gradient grows with the age
+    assert logits.grad[80] > logits.grad[0]
+
+
+def test_the_target_gradient_reaches_the_input_through_the_network(model, faces):
+    x = normalize(to_tensor(faces[:1])).requires_grad_(True)
+    AgeTarget()(model(x)[0]).backward()
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_method_and_layer_gives_maps_of_the_image_size(model, faces, method, layer):
+    cams = compute_cams(model, faces, method, layer, batch_size=2)
+    assert cams.shape == (len(faces), SIZE, SIZE) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+
+
+def test_maps_follow_the_input_size(model):
+    big = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    assert compute_cams(model, big, "gradcam", "fusion").shape == (2, 96, 96)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_the_target_has_a_gradient_at_every_cam_layer(model, faces, layer):
+    captured = []
+    handle = model.cam_layers()[layer].register_forward_hook(lambda m, i, out: captured.append(out))
+    try:
+        output = model(normalize(to_tensor(faces[:1])))
+        captured[0].retain_grad()
+        AgeTarget()(output[0]).backward()
+    finally:
+        handle.remove()
+    assert captured[0].grad is not None and captured[0].grad.abs().sum() > 0
+
+
+def test_methods_differ_and_depend_on_the_image(model, faces):
+    grad = compute_cams(model, faces, "gradcam", "fusion")
+    eigen = compute_cams(model, faces, "eigencam", "fusion")
+    assert not np.allclose(grad, eigen)
+    assert not np.allclose(grad[0], grad[1])
+
+
+def test_hooks_are_released_and_the_training_mode_is_restored(model, faces):
+    model.train()
+    try:
+        compute_cams(model, faces[:1], "gradcam++", "attention")
+        assert model.training
+        assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    finally:
+        model.eval()
+
+
+def test_unknown_method_or_layer_names_the_choices(model, faces):
+    with pytest.raises(ValueError, match="gradcam, gradcam\\+\\+, eigencam"):
+        compute_cams(model, faces, "scorecam")
+    baseline = build_model(ModelConfig(arch="baseline", pretrained="none"))
+    with pytest.raises(ValueError, match="'fusion' is not one of attention, spp"):
+        compute_cams(baseline, faces, "gradcam", "fusion")
+
+
+def test_fast_eigen_projection_matches_the_package(model):
+    activations = np.random.default_rng(2).normal(size=(4, 96, 4, 4)).astype(np.float32)
+    ours = SignedEigenCAM(model, [model.cam_layers()["spp"]])
+    try:
+        mine = ours.get_cam_image(None, None, None, activations, None, False)
+    finally:
+        ours.__exit__(None, None, None)
+    reference = get_2d_projection_with_sign_correction(activations)
+    np.testing.assert_allclose(mine, reference, atol=1e-4 * np.abs(reference).max())
+
+
+def test_mass_inside_the_face_region():
+    mask = region_mask(40, face_region()).astype(np.float32)
+    x0, y0, x1, y1 = face_region()
+    cams = np.stack([mask, np.ones((40, 40), np.float32), 1 - mask, np.zeros((40, 40), np.float32)])
+    share = mass_inside(cams)
+    assert share[0] == pytest.approx(1.0)
+    assert share[1] == pytest.approx((x1 - x0) * (y1 - y0), abs=0.03)
+    assert share[2] == pytest.approx(0.0)
+    assert np.isnan(share[3])
+
+
+def test_pick_faces_takes_a_few_of_each_age_group_reproducibly():
+    ages = np.repeat(np.arange(0, 80, 5), 4)
+    rows = np.arange(len(ages))
+    table = report.pick_faces(ages, rows, per_group=3)
+    assert table.groupby("group").size().max() <= 3
+    assert set(table["group"]) == {"0-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70-80"}
+    assert table["age"].is_monotonic_increasing
+    assert table.equals(report.pick_faces(ages, rows, per_group=3))
+
+
+def test_notebook_figures_and_table(model, faces):
+    table = report.pick_faces(np.array([5, 35, 75]), np.arange(3), per_group=1).assign(predicted=[30.0, 31.0, 32.0])
+    images = faces[table["row"]]
+    baseline = build_model(ModelConfig(arch="baseline", pretrained="none")).eval()
+    models = {"FADE-Net": model, "baseline": baseline}
+    sets = report.cam_sets(models, images, {"FADE-Net": ["spp", "fusion"], "baseline": ["spp"]}, ["gradcam"])
+    mass = report.face_mass_table(sets, models)
+    assert list(mass["module"]) == ["spp.act", "fusion.lift", "backbone.16"]
+    assert (mass["faces"] == 3).all()
+    share = mass["mass in face region"]
+    assert (share.between(0, 1) | (share.isna() & (mass["empty maps"] == 3))).all()
+    figures = [
+        report.age_group_figure(images, sets[("FADE-Net", "spp", "gradcam")], table),
+        report.methods_layers_figure(images, sets, "FADE-Net", table),
+        report.mean_cam_figure(images, sets, table["group"].to_numpy(), list(sets)),
+        report.comparison_figure(images, {"a": sets[("FADE-Net", "spp", "gradcam")]}, {"a": table["predicted"]},
+                                 table["age"].to_numpy()),
+    ]
+    assert [len(f.axes) for f in figures] == [3, 3 * 3, 3 * 3, 2 * 3]
+    for fig in figures:
+        plt.close(fig)
