@@ -137,7 +137,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from .model import build_model, format_summary, resolve_backbone
+    from .model import build_model, format_summary
     cfg = _config(args)
     cfg.model.pretrained = "none"  # the summary is about shapes and sizes, not weights
     if cfg.model.backbone == "auto":
@@ -261,6 +261,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data.download import DownloadError
     from .data.sources import DatasetError
     from .data.splits import SplitError
     from .figures import ReportError
@@ -270,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ConfigError, DatasetError, SplitError, NotebookFailed, CheckpointError, TrainingDiverged,
-            ReportError) as e:
+    except (ConfigError, DatasetError, DownloadError, SplitError, NotebookFailed, CheckpointError,
+            TrainingDiverged, ReportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -64,9 +64,14 @@ def save_table(df: pd.DataFrame, name: str, cfg: Config, caption: str = "") -> P
     return folder / f"{name}.md"
 
 
+# Columns of identifiers, not quantities: printed as they are (seed 1337, not 1,337).
+ID_COLUMNS = {"seed", "fold", "rotation", "epoch", "batch"}
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
-    rows = [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    rows = [[str(v) if c in ID_COLUMNS else _cell(v) for c, v in zip(cols, row)]
+            for row in df.itertuples(index=False)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -86,9 +91,10 @@ RESULT_TABLES = [
     ("03_training_results", "Training (notebook 03)"),
     ("04_ablation", "Ablation (notebook 04)"),
     ("05_seed_table", "Seeds, test-time augmentation and the ensemble (notebook 05)"),
+    ("05_chapter03_tta", "Test-time augmentation of chapter 03's model (notebook 05)"),
     ("05_protocols", "Split protocols (notebook 05)"),
     ("05_literature", "Literature: reported and measured here (notebook 05)"),
-    ("06_cam_face_share", "Where Grad-CAM looks (notebook 06)"),
+    ("06_cam_face_mass", "Where Grad-CAM looks (notebook 06)"),
     ("07_speed", "Speed (notebook 07)"),
 ]
 class ReportError(RuntimeError):

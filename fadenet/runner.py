@@ -85,6 +85,7 @@ def _write_back(executed: Path, original: Path) -> None:
         if c.cell_type == "code":  # progress bars and other widget views render nothing without a kernel
             c.outputs = [o for o in c.outputs if WIDGET_VIEW not in o.get("data", {})]
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)  # the saved state of those progress bars
     tmp = original.with_suffix(".tmp")
     nbformat.write(nb, tmp)
     shutil.move(tmp, original)

@@ -1,8 +1,8 @@
 """Shared fixtures of the test suite.
 
 Real data: tests marked ``aaf`` use the All-Age-Faces dataset found through $FADENET_DATA_ROOT
-(the folder that holds ``All-Age-Faces Dataset``), else at its documented place
-``../shared/data``; they are skipped, saying why, when it is absent.
+(the folder that holds ``All-Age-Faces Dataset``; .ci/run sets it); they are skipped, saying
+why, when it is not given.
 
 Configurations: ``cfg_factory`` makes smoke-profile configs whose cache (and so split files)
 live in the test's own temporary folder, never in the repository's ``data/``.
@@ -10,13 +10,14 @@ live in the test's own temporary folder, never in the repository's ``data/``.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fadenet.config import ROOT, load_config
+from fadenet.config import load_config
 
 AAF_FOLDER = "All-Age-Faces Dataset"
 AAF_SUBSET_STEP = 55  # every 55th AAF file by sorted name: ~240 images across all ages
@@ -27,13 +28,12 @@ AAF_SUBSET_STEP = 55  # every 55th AAF file by sorted name: ~240 images across a
 def aaf_root() -> Path:
     """The data root that holds the real ``All-Age-Faces Dataset`` folder (skips if absent)."""
     env = os.environ.get("FADENET_DATA_ROOT")
-    candidates = [Path(env)] if env else []
-    candidates.append(ROOT.parent / "shared" / "data")
-    for root in candidates:
-        if (root / AAF_FOLDER / "aglined faces").is_dir():
-            return root
-    pytest.skip(f"All-Age-Faces data not found (looked in {', '.join(map(str, candidates))}); "
-                f"set FADENET_DATA_ROOT to the folder that holds {AAF_FOLDER!r}")
+    if not env:
+        pytest.skip(f"All-Age-Faces data not given: set FADENET_DATA_ROOT to the folder that holds {AAF_FOLDER!r}")
+    root = Path(env)
+    if not (root / AAF_FOLDER / "aglined faces").is_dir():
+        pytest.skip(f"All-Age-Faces data not found: {root / AAF_FOLDER / 'aglined faces'} does not exist")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +55,26 @@ def aaf_subset_root(aaf_root: Path, tmp_path_factory) -> Path:
         kept = [line for line in lines if line.split() and line.split()[0] in keep]
         (lists / f"{split}.txt").write_text("\n".join(kept) + "\n")
     return root
+
+
+# ---- ImageNet weights ---------------------------------------------------------------------
+MBV2_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNetV2 IMAGENET1K_V1
+
+
+@pytest.fixture
+def mbv2_torch_home(tmp_path, monkeypatch) -> Path:
+    """A fresh $TORCH_HOME holding only the MobileNetV2 ImageNet file from $FADENET_WEIGHTS_DIR
+    (.ci/run sets it); skipped, saying why, when it is not given."""
+    folder = os.environ.get("FADENET_WEIGHTS_DIR")
+    if not folder or not (Path(folder) / MBV2_FILE).is_file():
+        pytest.skip(f"set FADENET_WEIGHTS_DIR to a folder holding {MBV2_FILE} "
+                    f"({'not given' if not folder else 'absent from ' + folder})")
+    home = tmp_path / "torch"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(Path(folder) / MBV2_FILE, checkpoints / MBV2_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
 
 
 # ---- threads --------------------------------------------------------------------------------

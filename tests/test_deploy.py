@@ -14,11 +14,13 @@ from torch import nn
 from fadenet.cli import build_parser, main
 from fadenet.config import ConfigError, load_config
 from fadenet.data import load_split, prepare
-from fadenet.deploy import BACKENDS, export_checkpoint, op_profile, speed_table, spp_pooling_speed
+from fadenet.deploy import (BACKENDS, PARALLEL_SPP, bench_models, export_checkpoint, op_profile, speed_table,
+                            spp_pooling_speed)
 from fadenet.deploy.export import PARITY_TOLERANCE, face_batch, ort_session
 from fadenet.deploy.report import spp_comparison, targets, throughput_table
 from fadenet.evaluation import expected_age, predict_probs
 from fadenet.model import predict
+from fadenet.model.report import VANILLA
 from fadenet.training import CheckpointError, load_model, train
 
 pytestmark = [pytest.mark.aaf, pytest.mark.usefixtures("one_thread")]
@@ -183,3 +185,12 @@ def test_command_line_takes_the_issues_flags():
     assert args.int8 and args.format == "onnx"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "speed", "--batch", "1,zero"])
+
+
+def test_each_distinct_network_is_timed_once():
+    from fadenet.deploy.speed import same_network
+    networks, aliases = bench_models(), same_network()
+    assert list(networks)[:3] == ["fadenet", PARALLEL_SPP, VANILLA]
+    # a loss is not a network, and FADE-Net with CA, fusion and SPP off is the GAP baseline
+    assert aliases == {"+dldl_v2": "baseline", "-dldl_v2": "fadenet", "mobilenet_v2": "baseline_mbv2"}
+    assert not set(aliases) & set(networks)

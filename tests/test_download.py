@@ -11,6 +11,7 @@ import socket
 import tarfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -294,3 +295,16 @@ def test_known_piece_names_follow_split():
     assert (full[0], full[25], full[26], full[-1], len(full)) == (
         "AFAD-Full.tar.xzaa", "AFAD-Full.tar.xzaz", "AFAD-Full.tar.xzba", "AFAD-Full.tar.xzbt", 46)
     assert download.VARIANTS["lite"].known_pieces[-1] == "AFAD-Lite.tar.xzbb"
+
+
+def test_download_command_offline_is_an_error_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from fadenet import cli
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert cli.main(["download", "afad", f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(tmp_path / "AFAD-Full") in err and "by hand" in err

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ import torch
 from fadenet.config import ModelConfig, load_config
 from fadenet.evaluation import (cumulative_scores, mae_per_group, predict_probs, predictions_table, rescale,
                                 tta_views)
+from fadenet.evaluation import ablation
 from fadenet.evaluation.ablation import ablation_config, ablation_table, run_grid
 from fadenet.evaluation.evaluate import evaluate, load_ensemble, save_predictions
 from fadenet.model import build_model
@@ -239,3 +239,15 @@ def test_the_grid_trains_each_run_once_and_reuses_finished_runs(smoke_run, monke
     assert table.loc["baseline", "test MAE mean"] == pytest.approx(
         runs.loc[runs["variant"] == "baseline", "test MAE"].mean())
     assert (table["seeds"] == 2).all() and table["test MAE std"].notna().all()
+
+
+def test_findings_judge_each_idea_against_its_baseline_and_the_seed_spread():
+    table = pd.DataFrame({"variant": ["baseline", "+ca", "baseline_mbv2", "fadenet_mbv2"],
+                          "test MAE mean": [13.3, 13.2, 8.0, 7.0], "test MAE std": [0.05, 0.2, 0.1, 0.1]})
+    lines = ablation.findings(table, floor=13.25)
+    assert "baseline: test MAE 13.30 ± 0.05; did not beat the median-age predictor (13.25)." in lines
+    assert "fadenet_mbv2: test MAE 7.00 ± 0.10; learnt (13.25)." in lines
+    assert ("+ca vs baseline: -0.10 years, no different, within the seed spread, from baseline "
+            "(seed spread 0.20).") in lines
+    assert ("fadenet_mbv2 vs baseline_mbv2: -1.00 years, better than baseline_mbv2 "
+            "(seed spread 0.10).") in lines

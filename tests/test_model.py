@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -13,13 +11,12 @@ import torch
 import torchvision
 from torch import nn
 
-from fadenet.config import ROOT, ConfigError, ModelConfig
+from fadenet.config import ConfigError, ModelConfig
 from fadenet.model import (CoordinateAttention, RandomInitWarning, SpatialPyramidPooling,
                            WeightsUnavailable, build_model, count_macs, format_summary,
                            parameter_table, predict, resolve_backbone, weight_file)
 from fadenet.model.weights import weights_downloadable
 
-MBV2_FILE = "mobilenet_v2-b0353104.pth"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,17 +56,6 @@ def fadenet() -> nn.Module:
 def empty_torch_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture
-def mbv2_torch_home(empty_torch_home) -> Path:
-    source = Path(os.environ.get("FADENET_WEIGHTS_DIR") or ROOT.parent / "shared" / "weights") / MBV2_FILE
-    if not source.is_file():
-        pytest.skip(f"{source} is absent; set FADENET_WEIGHTS_DIR to the folder holding {MBV2_FILE}")
-    checkpoints = empty_torch_home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    shutil.copy(source, checkpoints / MBV2_FILE)
-    return empty_torch_home
 
 
 # ---- size ---------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,11 +20,9 @@ from fadenet.data import load_split, prepare
 from fadenet.model import build_model
 from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint_file, load_model,
                               load_weights, train)
-from fadenet.training import trainer as trainer_module
 from fadenet.training.trainer import Trainer, lr_at, run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-MBV2_FILE = "mobilenet_v2-b0353104.pth"
 
 
 def _history(run) -> pd.DataFrame:
@@ -212,20 +209,8 @@ def test_diverged_run_is_one_line_on_the_command_line(cfg_factory, tmp_path):
 
 # ---- learning on real faces ---------------------------------------------------------------
 
-@pytest.fixture
-def mbv2_weights(tmp_path, monkeypatch) -> None:
-    from fadenet.config import ROOT
-    source = Path(os.environ.get("FADENET_WEIGHTS_DIR") or ROOT.parent / "shared" / "weights") / MBV2_FILE
-    if not source.is_file():
-        pytest.skip(f"{source} is absent; set FADENET_WEIGHTS_DIR to the folder holding {MBV2_FILE}")
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    shutil.copy(source, checkpoints / MBV2_FILE)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-
 @pytest.mark.aaf
-def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_weights, tmp_path):
+def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_torch_home, tmp_path):
     # 1,200 real faces (960 to train on, 120 to test), ImageNet MobileNetV2, a few seconds an epoch
     cfg = cfg_factory(f"runs_dir={tmp_path}", "data.subset=1200", "data.size=64", "model.backbone=mobilenet_v2",
                       "model.pretrained=imagenet", "train.epochs=3", "train.freeze_epochs=1", "train.lr=1e-3",

@@ -86,7 +86,7 @@ def spp_comparison(table: pd.DataFrame) -> pd.DataFrame:
 def speed_claims(table: pd.DataFrame, hardware: str) -> pd.DataFrame:
     """The seeds' speed claims ("reported", with their hardware) next to FADE-Net's batch-1
     throughput measured here (with this machine's)."""
-    best, eager = best_backend(table, "fadenet"), _rate(table, "fadenet", EAGER)
+    eager = _rate(table, "fadenet", EAGER)
     cpu = table[~table["backend"].isin(CUDA_BACKENDS.values())]
     gpu = table[table["backend"].isin(CUDA_BACKENDS.values())]
     best_cpu, best_gpu = best_backend(cpu, "fadenet"), best_backend(gpu, "fadenet")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -33,7 +34,7 @@ import torchvision
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
 from ..model import SpatialPyramidPooling, build_model, count_macs
 from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
@@ -80,7 +81,7 @@ def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
         if overrides is None:
             continue
         model_cfg = variant_config(overrides).model
-        key = repr(model_cfg)
+        key = repr(_network_key(model_cfg))
         if key in timed:
             aliases[name] = timed[key]
         else:
@@ -88,6 +89,14 @@ def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
             builders[name] = functools.partial(build_model, model_cfg)
     order = list(variants)
     return dict(sorted(builders.items(), key=lambda item: order.index(item[0]))), aliases
+
+
+def _network_key(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with what does not change the network made equal: FADE-Net with CA, fusion and
+    SPP all off is the baseline network (GAP + head)."""
+    if cfg.arch == "fadenet" and not (cfg.ca or cfg.msff or cfg.spp):
+        cfg = dataclasses.replace(cfg, arch="baseline")
+    return cfg if cfg.arch == "fadenet" else dataclasses.replace(cfg, ca=True, msff=True, spp=True, fast_spp=True)
 
 
 def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Module]]:
@@ -112,22 +121,40 @@ def available_backends() -> list[str]:
 def hardware() -> dict[str, str | int]:
     """The machine and software the figures were measured with."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpu": _cpu_name(), "cores": os.cpu_count() or 0, "gpu": gpu, "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "python": platform.python_version()}
+    name, flags = _cpu_info()
+    return {"cpu": name, "cores": os.cpu_count() or 0, "simd": simd_text(flags), "gpu": gpu,
+            "torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()}
 
 
 def hardware_text(threads: int, size: int) -> str:
     h = hardware()
-    return (f"{h['cpu']}, {h['cores']} cores, {threads} threads; GPU: {h['gpu']}; torch {h['torch']}, "
-            f"onnxruntime {h['onnxruntime']}; {size}x{size} input")
+    return (f"{h['cpu']} ({h['simd']}), {h['cores']} cores, {threads} threads; GPU: {h['gpu']}; "
+            f"torch {h['torch']}, onnxruntime {h['onnxruntime']}; {size}x{size} input")
 
 
-def _cpu_name() -> str:
+# The vector instructions that decide how fast 8-bit and 32-bit kernels can be, best first.
+SIMD = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"))
+
+
+def simd_text(flags: set[str]) -> str:
+    """The widest integer and float vector extensions among the CPU's ``flags``."""
+    found = [label for flag, label in SIMD if flag in flags]
+    has_vnni = any("VNNI" in label or label == "AMX" for label in found)
+    return ", ".join(found[:2]) + ("" if has_vnni else ", no VNNI") if found else "SIMD unknown"
+
+
+def _cpu_info() -> tuple[str, set[str]]:
+    name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return name, flags
 
 
 # ---- getting a back-end ready ----------------------------------------------------------------

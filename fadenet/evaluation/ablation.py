@@ -90,16 +90,18 @@ def findings(table: pd.DataFrame, floor: float) -> list[str]:
         learnt = row["test MAE mean"] < floor - max(spread, 0.1)
         lines.append(f"{variant}: test MAE {row['test MAE mean']:.2f} ± {spread:.2f}; "
                      + ("learnt" if learnt else "did not beat the median-age predictor") + f" ({floor:.2f}).")
-    if "baseline" in rows.index:
-        base = rows.loc["baseline"]
-        for variant in [v for v in rows.index if v.startswith("+") or v == "fadenet"]:
-            row = rows.loc[variant]
-            delta = row["test MAE mean"] - base["test MAE mean"]
-            spread = np.nanmax([row["test MAE std"], base["test MAE std"], 0.0])
-            verdict = ("better than" if delta < -spread else "worse than" if delta > spread
-                       else "no different, within the seed spread, from")
-            lines.append(f"{variant} vs baseline: {delta:+.2f} years, {verdict} the baseline "
-                         f"(seed spread {spread:.2f}).")
+    pairs = [(v, "baseline") for v in rows.index if v.startswith("+") or v == "fadenet"]
+    pairs.append(("fadenet_mbv2", "baseline_mbv2"))
+    for variant, reference in pairs:
+        if variant not in rows.index or reference not in rows.index:
+            continue
+        row, base = rows.loc[variant], rows.loc[reference]
+        delta = row["test MAE mean"] - base["test MAE mean"]
+        spread = np.nanmax([row["test MAE std"], base["test MAE std"], 0.0])
+        verdict = ("better than" if delta < -spread else "worse than" if delta > spread
+                   else "no different, within the seed spread, from")
+        lines.append(f"{variant} vs {reference}: {delta:+.2f} years, {verdict} {reference} "
+                     f"(seed spread {spread:.2f}).")
     return lines
 
 

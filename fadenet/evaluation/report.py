@@ -124,8 +124,10 @@ def tta_findings(seeds: pd.DataFrame) -> list[str]:
 
 
 def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: pd.DataFrame,
-                  protocols: pd.DataFrame, parameters: int) -> list[dict]:
-    """This workbook's numbers for the literature table, each naming data, protocol and profile."""
+                  protocols: pd.DataFrame, parameters: int, full: dict | None = None) -> list[dict]:
+    """This workbook's numbers for the literature table, each naming data, protocol and profile.
+    ``full`` adds chapter 03's model (trained on the whole training split): a dict with its
+    ``method`` label, ``backbone``, ``parameters`` and its test MAE per TTA mode (``tta``)."""
     where = f"measured here: profile {cfg.profile}, eval.ablation_budget={cfg.eval.ablation_budget:g}, notebook 05"
     by_model = seeds.set_index("model")
     single = by_model.index[0]
@@ -137,5 +139,10 @@ def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: 
     kfold = protocols[(protocols["protocol"] == "kfold") & (protocols["rotation"] == "mean ± std")]
     rows.append({"method": f"{variant} (this workbook), seed 42, no TTA", "MAE": kfold["test MAE"].iloc[0],
                  "protocol": "5 kfold rotations (mean ± std)"})
-    return [dict(r, backbone=backbone, dataset=dataset_name(source), parameters=f"{parameters / 1e6:.2f}M",
-                 source=where) for r in rows]
+    rows = [dict(r, backbone=backbone, parameters=f"{parameters / 1e6:.2f}M", source=where) for r in rows]
+    if full:
+        chapter03 = f"measured here: profile {cfg.profile}, whole training split, notebooks 03 and 05"
+        rows = [{"method": f"{full['method']}, TTA {mode}", "MAE": round(mae, 3), "protocol": f"stratified {cfg.data.split}",
+                 "backbone": full["backbone"], "parameters": f"{full['parameters'] / 1e6:.2f}M", "source": chapter03}
+                for mode, mae in full["tta"].items()] + rows
+    return [dict(r, dataset=dataset_name(source)) for r in rows]

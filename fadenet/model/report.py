@@ -38,6 +38,8 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "fadenet": dict(PAPER),
     # MobileNetV2's are the only ImageNet weights available offline here (SPEC 9); whether they
     # are used follows the profile's model.pretrained (auto: when they can be loaded, loudly not).
+    # The pair measures all four ideas at once on a backbone that starts from ImageNet there.
+    "baseline_mbv2": {**_PLAIN, "model.backbone": "mobilenet_v2"},
     "fadenet_mbv2": {**PAPER, "model.backbone": "mobilenet_v2"},
 }
 LEAVE_ONE_OUT: dict[str, dict[str, Any]] = {
@@ -57,6 +59,7 @@ DESCRIPTIONS = {
     "+spp": "baseline + SPP bottleneck",
     "+dldl_v2": "baseline network, DLDL-v2 loss",
     "fadenet": "FADE-Net as in the paper: all four ideas",
+    "baseline_mbv2": "MobileNetV2 features + GAP + head, plain DLDL",
     "fadenet_mbv2": "all four ideas on MobileNetV2",
     "-ca": "FADE-Net without CA (blocks 12-15 keep SE)",
     "-msff": "FADE-Net without fusion (no 128-d texture vector)",

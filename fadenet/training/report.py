@@ -36,11 +36,19 @@ def recipe_table(cfg: Config, run: Run) -> pd.DataFrame:
         ("mixup", f"alpha {t.mixup_alpha:g} on {t.mixup_prob:.0%} of batches",
          f"alpha {paper.mixup_alpha:g} on {paper.mixup_prob:.0%} of batches"),
         ("EMA decay, gradient clip", f"{t.ema_decay:g}, {t.grad_clip:g}", f"{paper.ema_decay:g}, {paper.grad_clip:g}"),
-        ("loss", "DLDL-v2 (KL + 0.1 L1 + 0.3 rank), LDS" if cfg.loss.dldl_v2 else "plain DLDL (KL + 0.1 L1)",
-         "DLDL-v2 (KL + 0.1 L1 + 0.3 rank), LDS"),
+        ("loss", loss_text(cfg.loss), loss_text(Config().loss)),
         ("seed", str(t.seed), "42 and 1337"),
     ]
     return pd.DataFrame(rows, columns=["", "this run", "paper"])
+
+
+def loss_text(loss) -> str:
+    """The loss a LossConfig describes, in words."""
+    if not loss.dldl_v2:
+        return f"plain DLDL (KL + {loss.l1_weight:g} L1, sigma {loss.plain_sigma:g})"
+    terms = f"KL + {loss.l1_weight:g} L1 + {loss.rank_weight:g} rank" + (
+        f" + {loss.mv_weight:g} mean-variance" if loss.mv_weight else "")
+    return f"DLDL-v2 ({terms})" + (", LDS weights" if loss.lds else ", no LDS")
 
 
 def results_table(run: Run) -> pd.DataFrame:
@@ -104,7 +112,7 @@ def _mae(ax, h, b):
     ax.plot(h["epoch"], h["val_mae"], "s-", label="validation (EMA weights)")
     best = h["val_mae"].idxmin()
     ax.annotate(f"best {h['val_mae'][best]:.2f}", (h["epoch"][best], h["val_mae"][best]),
-                textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+                textcoords="offset points", xytext=(0, -10), ha="center", va="top", fontsize=8)
     ax.set(title="2 MAE", xlabel="epoch", ylabel="MAE (years)")
     ax.legend(fontsize=8)
 
@@ -136,8 +144,9 @@ def _time(ax, h, b):
 
 def _distribution(ax, h, b):
     epochs = sorted(b["epoch"].unique())
-    ax.boxplot([b.loc[b["epoch"] == e, "loss"] for e in epochs], positions=[e + 1 for e in epochs],
-               showfliers=False)
+    positions = [e + 1 for e in epochs]
+    ax.boxplot([b.loc[b["epoch"] == e, "loss"] for e in epochs], positions=positions, showfliers=False)
+    ax.set_xticks(positions, labels=[str(p) for p in positions])
     ax.set(title="7 batch-loss distribution", xlabel="epoch", ylabel="loss")
 
 
