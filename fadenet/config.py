@@ -108,7 +108,7 @@ class EvalConfig:
     tta: str = "none"             # none | flip | multi
     scales: tuple[float, ...] = (0.9, 1.0, 1.1)
     seeds: tuple[int, ...] = (42, 1337)
-    ablation_budget: float = 1.0  # scales the ablation notebook's epochs and subset
+    ablation_budget: float = 1.0  # share of the training split each ablation run learns from
     bench_repeats: int = 50       # speed benchmark (notebook 07): timed calls of each network, back-end and batch
     bench_seconds: float = 120.0  # ... its timed rounds stop early once this much time per batch size is spent
     bench_size: int = 224         # ... input size in pixels (the paper's)
