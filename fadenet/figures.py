@@ -96,6 +96,8 @@ RESULT_TABLES = [
     ("05_literature", "Literature: reported and measured here (notebook 05)"),
     ("06_cam_face_mass", "Where Grad-CAM looks (notebook 06)"),
     ("07_speed", "Speed (notebook 07)"),
+    ("07_int8", "INT8 against FP32, trained network (notebook 07)"),
+    ("07_targets", "Speed and INT8 targets (notebook 07)"),
 ]
 class ReportError(RuntimeError):
     """README cannot take the generated results; the message says why."""

@@ -2,9 +2,9 @@
 from .export import (DEFAULT_INT8, INT8_RECIPES, DeployError, Export, Int8Recipe, export_checkpoint, export_onnx,
                      ort_session, quantize_int8)
 from .speed import (BACKENDS, PARALLEL_SPP, available_backends, bench_models, hardware, hardware_text,
-                    int8_study, op_profile, speed_table, spp_pooling_speed)
+                    int8_study, network_profile, op_profile, speed_table, spp_pooling_speed)
 
 __all__ = ["DEFAULT_INT8", "INT8_RECIPES", "DeployError", "Export", "Int8Recipe", "export_checkpoint",
            "export_onnx", "ort_session", "quantize_int8", "BACKENDS", "PARALLEL_SPP", "available_backends",
-           "bench_models", "hardware", "hardware_text", "int8_study", "op_profile", "speed_table",
+           "bench_models", "hardware", "hardware_text", "int8_study", "network_profile", "op_profile", "speed_table",
            "spp_pooling_speed"]

@@ -3,9 +3,10 @@
 Every (network, back-end, batch size) is made ready first (ONNX export, INT8 quantisation,
 torch.compile, warm-up calls). The timed calls then go round-robin in a shuffled order, so that
 whatever else the machine is doing slows them all alike and their ratios stay comparable when
-the absolute figures do not. In each round every contender makes one untimed settling call and
-then one timed call: torch's OpenMP threads and ONNX Runtime's thread pool keep spinning for a
-moment after their work, and the call right after a switch of engine would pay for it.
+the absolute figures do not. In each round every contender first runs untimed for a few tens of
+milliseconds, then timed for a few more: torch's OpenMP threads and ONNX Runtime's thread pool
+keep spinning for some milliseconds after their work, and the calls right after a switch of
+engine would pay for it.
 
 Latency is the wall time of one call (a batch of normalised faces in, logits out); throughput is
 batch size / median latency.
@@ -48,6 +49,12 @@ CUDA_BACKENDS = {"cuda": "CUDA FP32", "cuda_amp": "CUDA AMP (FP16)", "cuda_graph
 PARALLEL_SPP = "fadenet (parallel SPP)"
 WARMUP = 3       # untimed calls after preparation (the first one compiles, for torch.compile)
 MIN_ROUNDS = 3   # timed rounds even when the time budget is spent earlier
+# Each contender's turn in a round: untimed calls first, so that the other engine's threads,
+# which keep spinning after their work, are idle before the timed calls. Measured here (2 cores,
+# batch 1): after one settling call, FADE-Net in ONNX Runtime took 22 ms against 9 ms in a loop of
+# its own; after 0.1 s of settling, within 3% of it, and after 0.25 s within 1%.
+SETTLE_SECONDS = 0.2
+BLOCK_SECONDS = 0.06
 
 
 class Unavailable(Exception):
@@ -75,13 +82,13 @@ def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
                 PARALLEL_SPP: {**ABLATION_VARIANTS["fadenet"], "model.fast_spp": False},
                 VANILLA: None, **ABLATION_VARIANTS, **LEAVE_ONE_OUT, **BACKBONE_BASELINES}
     builders: dict[str, Callable[[], nn.Module]] = {VANILLA: torchvision.models.mobilenet_v3_large}
-    timed: dict[str, str] = {}   # ModelConfig repr -> name of the variant that times it
+    timed: dict[str, str] = {}   # network key -> name of the variant that times it
     aliases = {}
     for name, overrides in variants.items():
         if overrides is None:
             continue
         model_cfg = variant_config(overrides).model
-        key = repr(_network_key(model_cfg))
+        key = _network_key(model_cfg)
         if key in timed:
             aliases[name] = timed[key]
         else:
@@ -91,12 +98,10 @@ def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
     return dict(sorted(builders.items(), key=lambda item: order.index(item[0]))), aliases
 
 
-def _network_key(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with what does not change the network made equal: FADE-Net with CA, fusion and
-    SPP all off is the baseline network (GAP + head)."""
-    if cfg.arch == "fadenet" and not (cfg.ca or cfg.msff or cfg.spp):
-        cfg = dataclasses.replace(cfg, arch="baseline")
-    return cfg if cfg.arch == "fadenet" else dataclasses.replace(cfg, ca=True, msff=True, spp=True, fast_spp=True)
+def _network_key(cfg: ModelConfig) -> str:
+    """The layers of the network ``cfg`` builds, as text: configurations that differ only in
+    the loss, or in switches that build the same layers, have the same key."""
+    return repr(build_model(dataclasses.replace(cfg, pretrained="none")))
 
 
 def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Module]]:
@@ -292,11 +297,11 @@ def ready(net: Network, backend: str, x: torch.Tensor, budget: CompileBudget) ->
 
 
 # ---- timing ----------------------------------------------------------------------------------
-def round_robin(calls: dict, repeats: int, seconds: float, desc: str = "timing",
-                progress: bool = True, seed: int = 0) -> dict[object, list[float]]:
+def round_robin(calls: dict, repeats: int, seconds: float, desc: str = "timing", progress: bool = True,
+                seed: int = 0, settle: float = SETTLE_SECONDS, block: float = BLOCK_SECONDS) -> dict[object, list[float]]:
     """Latency of every call, in seconds: ``repeats`` rounds (fewer when ``seconds`` are spent,
-    but at least MIN_ROUNDS), each call settling once and then timed once per round, in a
-    shuffled order."""
+    but at least MIN_ROUNDS) in a shuffled order; in each round a call first runs untimed for
+    ``settle`` seconds, then timed for ``block`` seconds (at least once each)."""
     times: dict[object, list[float]] = {key: [] for key in calls}
     order = list(calls)
     rng = random.Random(seed)
@@ -306,10 +311,18 @@ def round_robin(calls: dict, repeats: int, seconds: float, desc: str = "timing",
             break
         rng.shuffle(order)
         for key in order:
-            calls[key]()
-            t = time.perf_counter()
-            calls[key]()
-            times[key].append(time.perf_counter() - t)
+            _run_for(calls[key], settle)
+            times[key] += _run_for(calls[key], block)
+    return times
+
+
+def _run_for(call: Callable[[], object], seconds: float) -> list[float]:
+    """Run ``call`` back to back until ``seconds`` have passed (at least once); each call's time."""
+    times, end = [], time.perf_counter() + seconds
+    while not times or time.perf_counter() < end:
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
     return times
 
 
@@ -412,7 +425,7 @@ def spp_pooling_speed(cfg: Config, channels: int = 960, progress: bool = True) -
 class Int8Study:
     """INT8 against FP32 for one trained network (see :func:`int8_study`)."""
     table: pd.DataFrame     # one row per engine: batch-1 throughput, speed-up over FP32, test MAE
-    profile: pd.DataFrame   # milliseconds per call by operator type, FP32 and the first recipe
+    profile: Profile        # where the time goes, FP32 and the first recipe
 
 
 def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
@@ -449,23 +462,62 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
     return Int8Study(table, profile)
 
 
-def op_profile(graphs: dict[str, Path], x: np.ndarray, threads: int, runs: int = 20) -> pd.DataFrame:
-    """Where ONNX Runtime spends one call of each graph, by operator type (milliseconds per call,
-    from its own profiler; the first call is left out), busiest first, with the total."""
-    columns = {}
+def network_profile(cfg: Config, model: nn.Module, faces: FaceSet, split: Split) -> Profile:
+    """Where ONNX Runtime spends a batch-1 call of ``model`` at the benchmark size, in FP32 and
+    in the default INT8 recipe (calibrated on real training faces)."""
+    e = cfg.eval
+    with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder, torch_threads(e.bench_threads):
+        fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
+        calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+        int8 = quantize_int8(fp32, Path(folder) / "int8.onnx", calibration)
+        x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
+        return op_profile({"FP32": fp32, "INT8": int8}, x, e.bench_threads)
+
+
+@dataclass
+class Profile:
+    """Where ONNX Runtime spends one call of each graph (milliseconds per call, from its own
+    profiler; the first call left out)."""
+    operators: pd.DataFrame  # by operator type (rows), one column per graph, busiest first, with the total
+    nodes: pd.DataFrame      # the busiest nodes of each graph, alike nodes (same operator and shapes) summed
+
+
+def op_profile(graphs: dict[str, Path], x: np.ndarray, threads: int, runs: int = 20, top: int = 8) -> Profile:
+    """Profile ``runs`` calls of each graph on the batch ``x``; ``top`` nodes per graph."""
+    kernels = pd.concat([_kernel_times(path, x, threads, runs).assign(graph=name) for name, path in graphs.items()])
+    operators = kernels.pivot_table(index="operator", columns="graph", values="ms", aggfunc="sum", fill_value=0.0)
+    operators = operators[list(graphs)].rename(columns=lambda g: f"{g} ms/call")
+    operators = operators.loc[operators.max(axis=1).sort_values(ascending=False).index]
+    operators.columns.name = None
+    operators.loc["total"] = operators.sum()
+    nodes = (kernels.groupby(["graph", "operator", "shapes"], sort=False)["ms"].agg(["sum", "size"]).reset_index()
+             .rename(columns={"sum": "ms/call", "size": "nodes"}))
+    nodes["share of the call"] = nodes["ms/call"] / nodes["graph"].map(kernels.groupby("graph")["ms"].sum())
+    nodes = nodes.sort_values("ms/call", ascending=False).groupby("graph", sort=False).head(top)
+    nodes = nodes.sort_values("graph", key=lambda g: g.map(list(graphs).index), kind="stable")
+    return Profile(operators.round(3), nodes.reset_index(drop=True).round(3))
+
+
+def _kernel_times(path: Path, x: np.ndarray, threads: int, runs: int) -> pd.DataFrame:
+    """One row per node of the graph: operator, its input -> output shapes, ms per call."""
     with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder:
-        for name, path in graphs.items():
-            session = ort_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
-            for _ in range(runs + 1):
-                session.run(None, {INPUT: x})
-            events = json.loads(Path(session.end_profiling()).read_text())
-            calls = sorted((ev for ev in events if ev.get("name") == "model_run"), key=lambda ev: ev["ts"])
-            after_first = calls[0]["ts"] + calls[0]["dur"]
-            kernels = [(ev["args"]["op_name"], ev["dur"]) for ev in events
-                       if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > after_first]
-            busy = pd.DataFrame(kernels, columns=["operator", "us"]).groupby("operator")["us"].sum()
-            columns[f"{name} ms/call"] = busy / (len(calls) - 1) / 1e3
-    table = pd.DataFrame(columns).fillna(0.0)
-    table = table.loc[table.max(axis=1).sort_values(ascending=False).index]
-    table.loc["total"] = table.sum()
-    return table.round(3)
+        session = ort_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
+        for _ in range(runs + 1):
+            session.run(None, {INPUT: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    calls = sorted((ev for ev in events if ev.get("name") == "model_run"), key=lambda ev: ev["ts"])
+    after_first = calls[0]["ts"] + calls[0]["dur"]
+    rows = [(ev["name"], ev["args"]["op_name"], _shapes(ev["args"]), ev["dur"]) for ev in events
+            if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > after_first]
+    table = pd.DataFrame(rows, columns=["node", "operator", "shapes", "us"])
+    table = table.groupby(["node", "operator", "shapes"], sort=False)["us"].sum().reset_index()
+    table["ms"] = table.pop("us") / (len(calls) - 1) / 1e3
+    return table.drop(columns="node")
+
+
+def _shapes(args: dict) -> str:
+    """"3840x7x7 -> 512x7x7": a node's first input and first output without the batch axis."""
+    def first(key: str) -> str:
+        shapes = [list(s.values())[0] for s in args.get(key, [])]
+        return "x".join(map(str, shapes[0][1:])) if shapes and shapes[0] else "?"
+    return f"{first('input_type_shape')} -> {first('output_type_shape')}"

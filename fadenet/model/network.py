@@ -94,6 +94,9 @@ class SpatialPyramidPooling(nn.Module):
         self.bn = nn.BatchNorm2d(SPP_OUT)
         self.act = nn.Hardswish()
 
+    def extra_repr(self) -> str:
+        return f"fast={self.fast}"
+
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self.fast:
             return [x] + [F.max_pool2d(x, k, stride=1, padding=k // 2) for k in SPP_KERNELS]
@@ -119,6 +122,9 @@ class AgeNet(nn.Module):
         self.head = head
         self.taps = taps
         self.meta = meta
+
+    def extra_repr(self) -> str:
+        return f"taps={self.taps}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         texture_at, semantic_at = self.taps
