@@ -228,3 +228,11 @@ def test_int8_targets_are_of_the_studied_network():
     mae = measured.loc["INT8 test MAE - FP32 test MAE (trained checkpoint)"]
     assert mae["measured"] == 0.15 and mae["reached"] is False
     assert measured.iloc[0]["reached"] is None  # the vanilla classifier was not timed
+
+
+def test_simd_text_names_the_8_bit_instructions():
+    from fadenet.deploy.speed import simd_text
+    assert simd_text({"avx2", "fma"}) == "AVX2, no VNNI"
+    assert simd_text({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI, AVX-512"
+    assert simd_text({"avx2", "avx_vnni"}) == "AVX-VNNI, AVX2"
+    assert simd_text(set()) == "SIMD unknown"

@@ -39,8 +39,8 @@ from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
 from ..model import SpatialPyramidPooling, build_model, count_macs
 from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
-from .export import (CALIBRATION_FACES, DEFAULT_INT8, INPUT, INT8_RECIPES, Int8Recipe, export_onnx, face_batch,
-                     mae_by_engine, ort_session, quantize_int8, spread_rows)
+from .export import (CALIBRATION_FACES, DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, cpu_info,
+                     export_onnx, face_batch, mae_by_engine, ort_session, quantize_int8, spread_rows)
 
 BACKENDS = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",
             "compile": "torch.compile (inductor, frozen)", "ort_fp32": "ONNX Runtime FP32",
@@ -126,7 +126,7 @@ def available_backends() -> list[str]:
 def hardware() -> dict[str, str | int]:
     """The machine and software the figures were measured with."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    name, flags = _cpu_info()
+    name, flags = cpu_info()
     return {"cpu": name, "cores": os.cpu_count() or 0, "simd": simd_text(flags), "gpu": gpu,
             "torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()}
 
@@ -145,21 +145,8 @@ SIMD = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-
 def simd_text(flags: set[str]) -> str:
     """The widest integer and float vector extensions among the CPU's ``flags``."""
     found = [label for flag, label in SIMD if flag in flags]
-    has_vnni = any("VNNI" in label or label == "AMX" for label in found)
+    has_vnni = bool(VNNI_FLAGS & flags)
     return ", ".join(found[:2]) + ("" if has_vnni else ", no VNNI") if found else "SIMD unknown"
-
-
-def _cpu_info() -> tuple[str, set[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return name, flags
 
 
 # ---- getting a back-end ready ----------------------------------------------------------------
