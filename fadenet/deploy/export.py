@@ -9,6 +9,7 @@ PyTorch, so that ONNX Runtime and PyTorch can be compared on the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 import tempfile
@@ -72,6 +73,7 @@ class Int8Recipe:
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
+@functools.cache
 def cpu_info() -> tuple[str, set[str]]:
     """The CPU's model name and its instruction-set flags (empty where /proc/cpuinfo is absent)."""
     name, flags = platform.processor() or platform.machine(), set()
@@ -138,6 +140,12 @@ def face_batch(faces: FaceSet, rows: np.ndarray, size: int | None = None) -> np.
 def spread_rows(faces: FaceSet, rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """``n`` of ``rows`` spread over their ages (all of them when there are fewer)."""
     return rows[stratified_pick(faces.ages[rows], n, seed)]
+
+
+def calibration_batch(faces: FaceSet, split: Split) -> np.ndarray:
+    """The normalised faces that set INT8 activation ranges: CALIBRATION_FACES training faces
+    spread over the ages, at the cache's size."""
+    return face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
 
 
 def onnx_probs(session: ort.InferenceSession, faces: FaceSet, rows: np.ndarray, batch_size: int = 64,
@@ -260,7 +268,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, int
     if int8:
         result.int8 = out.with_name(f"{out.stem}.int8.onnx")
         result.recipe = recipe.label
-        calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+        calibration = calibration_batch(faces, split)
         result.calibration_faces = len(calibration)
         log.info("quantising to INT8 (%s) into %s", recipe.label, result.int8)
         quantize_int8(out, result.int8, calibration, recipe)

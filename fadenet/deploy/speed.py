@@ -39,7 +39,7 @@ from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
 from ..model import SpatialPyramidPooling, build_model, count_macs
 from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
-from .export import (CALIBRATION_FACES, DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, cpu_info,
+from .export import (DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, calibration_batch, cpu_info,
                      export_onnx, face_batch, mae_by_engine, ort_session, quantize_int8, spread_rows)
 
 BACKENDS = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",
@@ -331,7 +331,7 @@ def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequenc
     (reason)" where a back-end cannot run. Unset arguments come from ``cfg.eval.bench_*``.
 
     Inputs are real faces of ``faces``' test split resized to ``size``; INT8 graphs are calibrated
-    on real training faces (:data:`CALIBRATION_FACES`) at the cache's size."""
+    on real training faces (:func:`calibration_batch`)."""
     e = cfg.eval
     builders = select_models(models if models is not None else e.bench_models)
     backends = list(backends or available_backends())
@@ -341,7 +341,7 @@ def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequenc
                           f"{', '.join(available_backends())}")
     batches, size, threads = list(batches or e.bench_batches), size or e.bench_size, threads or e.bench_threads
     x = torch.from_numpy(face_batch(faces, np.resize(spread_rows(faces, split.test, max(batches)), max(batches)), size))
-    calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+    calibration = calibration_batch(faces, split)
     budget = CompileBudget(e.bench_compile_seconds)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fadenet-speed-") as folder, torch_threads(threads), torch.inference_mode():
@@ -423,7 +423,7 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
     e = cfg.eval
     with tempfile.TemporaryDirectory(prefix="fadenet-int8-") as folder, torch_threads(e.bench_threads):
         fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
-        calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+        calibration = calibration_batch(faces, split)
         paths = {"ONNX Runtime FP32": fp32}
         for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False)):
             default = " (default)" if recipe == DEFAULT_INT8 else ""
@@ -455,7 +455,7 @@ def network_profile(cfg: Config, model: nn.Module, faces: FaceSet, split: Split)
     e = cfg.eval
     with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder, torch_threads(e.bench_threads):
         fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
-        calibration = face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
+        calibration = calibration_batch(faces, split)
         int8 = quantize_int8(fp32, Path(folder) / "int8.onnx", calibration)
         x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
         return op_profile({"FP32": fp32, "INT8": int8}, x, e.bench_threads)
