@@ -30,7 +30,7 @@ def test_profiles_resolve(profile, size, source, pretrained, tta):
 def test_profiles_differ_where_the_spec_says():
     smoke, quick, paper = (load_config(p) for p in ("smoke", "quick", "paper"))
     assert smoke.train.epochs == 1 and smoke.data.subset > 0
-    assert quick.model.backbone == "auto" and quick.train.epochs == 5
+    assert quick.model.backbone == "auto" and quick.train.epochs == 8
     assert paper.train.epochs == Config().train.epochs == 120  # the paper's recipe is the default
     assert paper.data.subset == 0
 

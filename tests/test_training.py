@@ -115,6 +115,38 @@ def test_learning_rate_warms_up_then_decays_by_cosine_to_the_floor():
     assert lr_at(55, 100, 10, 1.0, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
 
 
+def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:
+    """The learning rates last applied to the ImageNet layers and to the new layers."""
+    pretrained = {id(p) for p in trainer.model.pretrained_parameters()}
+    old, new = set(), set()
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            (old if id(p) in pretrained else new).add(group["lr"])
+    return old, new
+
+
+def test_imagenet_layers_learn_at_their_share_of_the_rate(cfg_factory, mbv2_torch_home, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "model.backbone=mobilenet_v2", "model.pretrained=imagenet",
+                      "train.freeze_epochs=0", "train.lr=2e-3", "train.backbone_lr_scale=0.25")
+    faces = prepare(cfg, progress=False)
+    trainer = Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(list(trainer.model.parameters()))
+    trainer.fit()
+    (old,), (new,) = _rates(trainer)
+    assert new == pytest.approx(lr_at(trainer.total_steps - 1, trainer.total_steps, trainer.warmup_steps,
+                                      2e-3, cfg.train.min_lr_ratio))
+    assert old == pytest.approx(0.25 * new)
+
+
+def test_a_network_from_random_weights_learns_at_one_rate(cfg_factory, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "train.backbone_lr_scale=0.25")  # smoke: random weights
+    faces = prepare(cfg, progress=False)
+    trainer = Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+    trainer.fit()
+    old, new = _rates(trainer)
+    assert not old and len(new) == 1
+
+
 # ---- bad checkpoints ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

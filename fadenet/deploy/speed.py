@@ -412,19 +412,21 @@ def spp_pooling_speed(cfg: Config, channels: int = 960, progress: bool = True) -
 class Int8Study:
     """INT8 against FP32 for one trained network (see :func:`int8_study`)."""
     table: pd.DataFrame     # one row per engine: batch-1 throughput, speed-up over FP32, test MAE
-    profile: Profile        # where the time goes, FP32 and the first recipe
+    profile: Profile        # where the time goes, FP32 and the default recipe (else the first)
 
 
 def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
                recipes: Sequence[Int8Recipe] = INT8_RECIPES, progress: bool = True) -> Int8Study:
     """Quantise ``model`` (trained on ``faces``) with each recipe, calibrated on real training
     faces; measure every engine's test MAE at the training size and its batch-1 latency at the
-    benchmark size in one interleaved run; profile FP32 and the first recipe by operator type."""
+    benchmark size in one interleaved run; profile FP32 and the default recipe (the first where
+    the default is not among ``recipes``) by operator type."""
     e = cfg.eval
     with tempfile.TemporaryDirectory(prefix="fadenet-int8-") as folder, torch_threads(e.bench_threads):
         fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
         calibration = calibration_batch(faces, split)
         paths = {"ONNX Runtime FP32": fp32}
+        profiled = list(recipes).index(DEFAULT_INT8) if DEFAULT_INT8 in recipes else 0
         for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False)):
             default = " (default)" if recipe == DEFAULT_INT8 else ""
             paths[f"ONNX Runtime INT8, {recipe.label}{default}"] = quantize_int8(
@@ -439,7 +441,7 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
                 for _ in range(WARMUP):
                     call()
             times = round_robin(calls, e.bench_repeats, e.bench_seconds, "INT8 recipes", progress)
-        profile = op_profile({"FP32": fp32, "INT8": paths[list(paths)[1]]}, x, e.bench_threads)
+        profile = op_profile({"FP32": fp32, "INT8": Path(folder) / f"int8-{profiled}.onnx"}, x, e.bench_threads)
     per_second = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
     fp32_mae, fp32_speed = mae["ONNX Runtime FP32"], per_second["ONNX Runtime FP32"]
     table = pd.DataFrame([{"engine": name, f"images/s (batch 1, {e.bench_size}px)": per_second[name],

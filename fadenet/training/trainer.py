@@ -136,7 +136,7 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model).to(self.device, memory_format=self.memory_format)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay, t.backbone_lr_scale), lr=t.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         k = cfg.model.num_classes
         self.train_rows = training_rows(faces, split, t.fraction, cfg.data.seed)
@@ -206,7 +206,7 @@ class Trainer:
             step = epoch * self.steps_per_epoch + b
             lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             loss, mae = self._step(self._input(x), ages.to(self.device), gen, rng, epoch, b)
             losses.append(loss)
             if mae is not None:
@@ -340,12 +340,18 @@ class Trainer:
         root.setLevel(logging.INFO)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def _param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
     """Weight decay on weight matrices and kernels only: decaying BatchNorm scales and biases
-    pulls them towards zero for no regularising benefit."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    pulls them towards zero for no regularising benefit. The ImageNet layers learn at
+    ``backbone_lr_scale`` times the rate of the layers that start from random weights."""
+    pretrained = {id(p) for p in model.pretrained_parameters()}
+    groups = []
+    for is_pretrained in (True, False):
+        params = [p for p in model.parameters() if (id(p) in pretrained) == is_pretrained]
+        scale = backbone_lr_scale if is_pretrained else 1.0
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    return [g for g in groups if g["params"]]
 
 
 def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
