@@ -125,11 +125,15 @@ def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:
     return old, new
 
 
+def _trainer(cfg) -> Trainer:
+    faces = prepare(cfg, progress=False)
+    return Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+
+
 def test_imagenet_layers_learn_at_their_share_of_the_rate(cfg_factory, mbv2_torch_home, tmp_path):
     cfg = cfg_factory(f"runs_dir={tmp_path}", "model.backbone=mobilenet_v2", "model.pretrained=imagenet",
                       "train.freeze_epochs=0", "train.lr=2e-3", "train.backbone_lr_scale=0.25")
-    faces = prepare(cfg, progress=False)
-    trainer = Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+    trainer = _trainer(cfg)
     assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(list(trainer.model.parameters()))
     trainer.fit()
     (old,), (new,) = _rates(trainer)
@@ -139,9 +143,7 @@ def test_imagenet_layers_learn_at_their_share_of_the_rate(cfg_factory, mbv2_torc
 
 
 def test_a_network_from_random_weights_learns_at_one_rate(cfg_factory, tmp_path):
-    cfg = cfg_factory(f"runs_dir={tmp_path}", "train.backbone_lr_scale=0.25")  # smoke: random weights
-    faces = prepare(cfg, progress=False)
-    trainer = Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+    trainer = _trainer(cfg_factory(f"runs_dir={tmp_path}", "train.backbone_lr_scale=0.25"))  # smoke: random weights
     trainer.fit()
     old, new = _rates(trainer)
     assert not old and len(new) == 1

@@ -425,12 +425,12 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
     with tempfile.TemporaryDirectory(prefix="fadenet-int8-") as folder, torch_threads(e.bench_threads):
         fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
         calibration = calibration_batch(faces, split)
+        int8 = [quantize_int8(fp32, Path(folder) / f"int8-{i}.onnx", calibration, recipe)
+                for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False))]
         paths = {"ONNX Runtime FP32": fp32}
-        profiled = list(recipes).index(DEFAULT_INT8) if DEFAULT_INT8 in recipes else 0
-        for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False)):
-            default = " (default)" if recipe == DEFAULT_INT8 else ""
-            paths[f"ONNX Runtime INT8, {recipe.label}{default}"] = quantize_int8(
-                fp32, Path(folder) / f"int8-{i}.onnx", calibration, recipe)
+        for recipe, path in zip(recipes, int8):
+            paths[f"ONNX Runtime INT8, {recipe.label}{' (default)' if recipe == DEFAULT_INT8 else ''}"] = path
+        profiled = int8[list(recipes).index(DEFAULT_INT8)] if DEFAULT_INT8 in recipes else int8[0]
         sessions = {name: ort_session(path, e.bench_threads) for name, path in paths.items()}
         mae = mae_by_engine(model, sessions, faces, split.test, progress)
         x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
@@ -441,7 +441,7 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
                 for _ in range(WARMUP):
                     call()
             times = round_robin(calls, e.bench_repeats, e.bench_seconds, "INT8 recipes", progress)
-        profile = op_profile({"FP32": fp32, "INT8": Path(folder) / f"int8-{profiled}.onnx"}, x, e.bench_threads)
+        profile = op_profile({"FP32": fp32, "INT8": profiled}, x, e.bench_threads)
     per_second = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
     fp32_mae, fp32_speed = mae["ONNX Runtime FP32"], per_second["ONNX Runtime FP32"]
     table = pd.DataFrame([{"engine": name, f"images/s (batch 1, {e.bench_size}px)": per_second[name],
