@@ -82,7 +82,8 @@ def cmd_bench(args) -> None:
         r = training_throughput(cfg, faces, split, steps=args.steps)
         print(f"training throughput, {r['backbone']}, {r['size']}px, batch {r['batch_size']}, "
               f"{r['threads']} threads: real loop {r['loop']:.1f} images/s, bare forward/backward/step "
-              f"{r['bare']:.1f} images/s, ratio {r['ratio']:.1%}")
+              f"{r['bare']:.1f} images/s, ratio {r['ratio']:.1%} "
+              f"(rounds {r['spread'][0]:.1%} to {r['spread'][1]:.1%}; {r['steps']} steps of each)")
 
 
 def cmd_bench_speed(args) -> None:
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=None,
                    help="batch size of the data benchmark (default 64); comma-separated sizes of the "
                         "speed benchmark (default eval.bench_batches, 1,32)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps of the training benchmark")
+    p.add_argument("--steps", type=int, default=40,
+                   help="timed steps of the training benchmark, of each kind (loop and bare)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="speed: networks to time (default eval.bench_models=all: FADE-Net, its variants, "
                         "the backbone baselines and torchvision mobilenet_v3_large)")

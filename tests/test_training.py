@@ -20,7 +20,7 @@ from fadenet.data import load_split, prepare
 from fadenet.model import build_model
 from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint_file, load_model,
                               load_weights, train)
-from fadenet.training.trainer import Trainer, lr_at, run_folder
+from fadenet.training.trainer import Trainer, lr_at, run_folder, training_throughput
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -147,6 +147,18 @@ def test_a_network_from_random_weights_learns_at_one_rate(cfg_factory, tmp_path)
     trainer.fit()
     old, new = _rates(trainer)
     assert not old and len(new) == 1
+
+
+def test_training_benchmark_times_both_steps_in_alternating_rounds(cfg_factory, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "data.synthetic_count=400", "train.batch_size=8")
+    faces = prepare(cfg, progress=False)
+    r = training_throughput(cfg, faces, load_split(faces, cfg), steps=8, warmup=1, rounds=2)
+    assert r["steps"] == 8 and r["batch_size"] == 8
+    assert r["loop"] > 0 and r["bare"] > 0
+    assert r["ratio"] == pytest.approx(r["loop"] / r["bare"])
+    low, high = r["spread"]
+    assert low <= high
+    assert not (tmp_path / "bench-train").exists()  # a benchmark leaves no run behind
 
 
 # ---- bad checkpoints ----------------------------------------------------------------------

@@ -95,7 +95,8 @@ def training_figure(run: Run) -> plt.Figure:
     for name, ax in zip(PLOTS, axes.flat):
         DRAW[name](ax, run.history, batches)
         if ax.get_xlabel() == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, len(run.history) + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
     return fig
 
@@ -111,8 +112,8 @@ def _mae(ax, h, b):
     ax.plot(h["epoch"], h["train_mae"], "o-", label="train (batches without mixup)")
     ax.plot(h["epoch"], h["val_mae"], "s-", label="validation (EMA weights)")
     best = h["val_mae"].idxmin()
-    ax.annotate(f"best {h['val_mae'][best]:.2f}", (h["epoch"][best], h["val_mae"][best]),
-                textcoords="offset points", xytext=(0, -10), ha="center", va="top", fontsize=8)
+    ax.plot(h["epoch"][best], h["val_mae"][best], "*", color="black", ms=11, zorder=3,
+            label=f"best validation {h['val_mae'][best]:.2f} (epoch {h['epoch'][best]})")
     ax.set(title="2 MAE", xlabel="epoch", ylabel="MAE (years)")
     ax.legend(fontsize=8)
 
@@ -131,15 +132,16 @@ def _gap(ax, h, b):
 
 def _stability(ax, h, b):
     ax.plot(b["step"], b["loss"], lw=0.5, alpha=0.45, label="batch")
-    window = max(5, len(b) // 40)
-    ax.plot(b["step"], b["loss"].rolling(window, min_periods=1).mean(), lw=1.5, label=f"mean of {window}")
+    smooth, window = _smoothed(b["loss"])
+    ax.plot(b["step"], smooth, lw=1.5, label=f"centred mean of {window}")
     ax.set(title="5 per-batch loss", xlabel="step", ylabel="loss")
     ax.legend(fontsize=8)
 
 
 def _time(ax, h, b):
     ax.bar(h["epoch"], h["seconds"], color=np.where(h["frozen_backbone"], "tab:cyan", "tab:blue"))
-    ax.set(title="6 time per epoch (light: backbone frozen)", xlabel="epoch", ylabel="seconds")
+    frozen = " (light: backbone frozen)" if h["frozen_backbone"].any() else ""
+    ax.set(title=f"6 time per epoch{frozen}", xlabel="epoch", ylabel="seconds")
 
 
 def _distribution(ax, h, b):
@@ -151,12 +153,19 @@ def _distribution(ax, h, b):
 
 
 def _loss_and_lr(ax, h, b):
-    ax.plot(b["step"], b["loss"].rolling(max(5, len(b) // 40), min_periods=1).mean(), color="tab:blue")
+    ax.plot(b["step"], _smoothed(b["loss"])[0], color="tab:blue")
     ax.set(title="8 loss with learning rate", xlabel="step", ylabel="loss (smoothed)")
     twin = ax.twinx()
     twin.plot(b["step"], b["lr"], color="tab:orange", lw=1)
     twin.set_ylabel("learning rate", color="tab:orange")
     twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+
+
+def _smoothed(loss: pd.Series) -> tuple[pd.Series, int]:
+    """A centred moving mean over a 40th of the run (at least 5 batches) and its window; the
+    ends average at least half a window, so the first and last points are not single batches."""
+    window = max(5, len(loss) // 40)
+    return loss.rolling(window, center=True, min_periods=window // 2).mean(), window
 
 
 DRAW = {"loss": _loss, "mae": _mae, "lr": _lr, "gap": _gap, "stability": _stability, "time": _time,

@@ -360,40 +360,49 @@ def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
             m.eval()
 
 
-def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 20, warmup: int = 3) -> dict:
+def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 40, warmup: int = 3,
+                        rounds: int = 4) -> dict:
     """Images/s of the real training step (loading, augmentation, mixup, loss, clipping, EMA)
-    against a bare forward/backward/AdamW step of the same network on a fixed random batch."""
+    against a bare forward/backward/AdamW step of the same network on a fixed random batch.
+
+    The two are timed in alternating rounds (loop first, then bare first, ...) so that a change
+    of the machine's speed during the measurement (another process, clock scaling) falls on both
+    alike; ``spread`` is the lowest and highest ratio of single rounds."""
     cfg = resolved(cfg)
     trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False)  # writes nothing
     t = cfg.train
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     trainer.model.train()
-    batches = iter(trainer.batches)
 
-    def real_step():
-        x, ages, _ = next(batches)
-        trainer._step(trainer._input(x), ages.to(trainer.device), gen, rng, 0, 0)
+    def real_steps(n: int, epoch: int):
+        # a new pass each round, so no batch is made ahead during the bare round (which would flatter the loop)
+        trainer.batches.set_epoch(epoch)
+        for _, (x, ages, _) in zip(range(n), trainer.batches):
+            trainer._step(trainer._input(x), ages.to(trainer.device), gen, rng, 0, 0)
 
     x = trainer._input(torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size))
     target = torch.softmax(torch.randn(t.batch_size, cfg.model.num_classes, device=trainer.device), 1)
 
-    def bare_step():
-        loss = -(torch.log_softmax(trainer.model(x), 1) * target).sum(1).mean()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.optimizer.step()
+    def bare_steps(n: int, _epoch: int):
+        for _ in range(n):
+            loss = -(torch.log_softmax(trainer.model(x), 1) * target).sum(1).mean()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
 
-    steps = min(steps, len(trainer.batches) - warmup)
-    rates = {name: _images_per_second(fn, steps, warmup, t.batch_size)
-             for name, fn in (("loop", real_step), ("bare", bare_step))}
-    return {**rates, "ratio": rates["loop"] / rates["bare"], "batch_size": t.batch_size,
-            "size": cfg.data.size, "threads": torch.get_num_threads(), "backbone": cfg.model.backbone}
-
-
-def _images_per_second(step, steps: int, warmup: int, batch_size: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+    per_round = max(1, min(steps // rounds, len(trainer.batches)))
+    real_steps(warmup, 0)
+    bare_steps(warmup, 0)
+    seconds = {"loop": [], "bare": []}
+    for r in range(rounds):
+        order = (("loop", real_steps), ("bare", bare_steps))
+        for name, run in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            run(per_round, r + 1)
+            seconds[name].append(time.perf_counter() - start)
+    images = per_round * rounds * t.batch_size
+    rates = {name: images / sum(s) for name, s in seconds.items()}
+    round_ratios = [b / a for a, b in zip(seconds["loop"], seconds["bare"])]
+    return {**rates, "ratio": rates["loop"] / rates["bare"], "spread": (min(round_ratios), max(round_ratios)),
+            "steps": per_round * rounds, "batch_size": t.batch_size, "size": cfg.data.size,
+            "threads": torch.get_num_threads(), "backbone": cfg.model.backbone}
