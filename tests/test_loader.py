@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from fadenet.config import load_config
 from fadenet.data import load_split, loader, prepare
-from fadenet.data.loader import (FACE_ZONES, Batches, augment_batch, color_jitter, denormalize, in_background, mixup,
+from fadenet.data.loader import (FACE_ZONES, Batches, augment_batch, color_jitter, denormalize, mixup,
                                  normalize, random_affine, random_blur, safe_erase_boxes, safe_random_erase,
                                  to_tensor, zone_overlap)
 
@@ -102,38 +101,6 @@ def test_train_without_augment_gives_cached_pixels(faces):
     b = Batches(fs.images, fs.ages, np.arange(40), batch_size=8, train=True, augment=False)
     for x, _, r in b:
         assert torch.allclose(denormalize(x), to_tensor(fs.images[r.numpy()]), atol=1e-6)
-
-
-def test_background_batches_keep_order_and_random_draws():
-    def draws():
-        g = gen(3)
-        for i in range(6):
-            yield i, torch.rand(2, generator=g)
-    direct, threaded = list(draws()), list(in_background(draws(), depth=2))
-    assert [i for i, _ in threaded] == list(range(6))
-    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(direct, threaded))
-
-
-def test_background_batches_raise_the_producers_error_and_stop_when_left():
-    def failing():
-        yield 1
-        raise OSError("disk gone")
-    with pytest.raises(OSError, match="disk gone"):
-        list(in_background(failing()))
-
-    made = []
-
-    def endless():
-        while True:
-            made.append(len(made))
-            yield made[-1]
-    it = in_background(endless())
-    assert next(it) == 0
-    it.close()
-    time.sleep(0.5)
-    count = len(made)
-    time.sleep(0.3)
-    assert len(made) == count <= 3  # the thread stopped, at most one item ahead plus the one it held
 
 
 def test_normalize_round_trip():

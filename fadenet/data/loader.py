@@ -8,8 +8,6 @@ and augmentations whether or not the run was interrupted before it.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 
 import numpy as np
 import torch
@@ -63,10 +61,6 @@ class Batches:
         return n // self.batch_size if self.train and n >= self.batch_size else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        # training batches are made one ahead in a thread, while the model works on the last one
-        return in_background(self._batches()) if self.train else self._batches()
-
-    def _batches(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         rows = self.rows[torch.randperm(len(self.rows), generator=gen).numpy()] if self.train else self.rows
         for b in range(len(self)):
@@ -77,51 +71,6 @@ class Batches:
             if self.augment:
                 x = augment_batch(x, gen, self.erase_p)
             yield normalize(x), torch.from_numpy(self.ages[chunk]), torch.from_numpy(chunk)
-
-
-_END = object()
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def in_background(items, depth: int = 1):
-    """Yield from the iterator ``items`` while a thread computes up to ``depth`` items ahead.
-
-    The thread is the only consumer of ``items``, so their order and any random draws inside
-    are as without it; an error in it is raised here; leaving the loop early stops it.
-    """
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def hand_over(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce():
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-            hand_over(_END)
-        except BaseException as e:  # handed to the consumer, which raises it
-            hand_over(_Failed(e))
-
-    threading.Thread(target=produce, name="fadenet-batches", daemon=True).start()
-    try:
-        while (item := ready.get()) is not _END:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, erase_p: float = 0.1) -> torch.Tensor:
