@@ -252,8 +252,14 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Like ``parse_args``, but ``key=value`` overrides may also follow options
-    (``bench train --profile quick epochs=2``), which argparse alone rejects."""
+    (``bench train --profile quick epochs=2``, ``reproduce --only 03 epochs=2``), which argparse
+    alone rejects or reads as option values."""
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "only", None):  # `--only 03 epochs=2`: the list option swallowed the override
+        extra = [a for a in args.only if "=" in a] + extra
+        args.only = [a for a in args.only if "=" not in a]
+        if not args.only:
+            parser.error("--only needs at least one notebook number, e.g. --only 03")
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")

@@ -22,9 +22,13 @@ class NotebookFailed(RuntimeError):
 def numbered_notebooks(only: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
     """``NN_*.ipynb`` in number order, optionally only those whose number or name is given."""
     found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        found = [nb for nb in found if any(nb.name.startswith(k) or nb.stem == k for k in only)]
-    return found
+    if not only:
+        return found
+    unknown = [k for k in only if not any(nb.name.startswith(k) for nb in found)]
+    if unknown:
+        raise NotebookFailed(f"no notebook in {folder} matches {', '.join(unknown)} "
+                             f"(give numbers such as 03 or names such as 03_training)")
+    return [nb for nb in found if any(nb.name.startswith(k) for k in only)]
 
 
 def reproduce(profile: str | None = None, overrides: list[str] | tuple = (), only: list[str] | None = None,

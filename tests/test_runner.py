@@ -11,6 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from fadenet.cli import build_parser, parse_args
 from fadenet.runner import NotebookFailed, numbered_notebooks, reproduce
 
 pytestmark = pytest.mark.slow
@@ -59,6 +60,22 @@ def test_cli_exits_non_zero_with_one_line(tmp_path):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: train.epochs=-3 must be at least 0"]
+
+
+def test_only_selects_by_number_or_name_and_rejects_what_matches_nothing(tmp_path):
+    for name in ("01_first", "02_second", "03_third"):
+        _notebook(tmp_path / f"{name}.ipynb")
+    picked = numbered_notebooks(["03", "01_first"], tmp_path)
+    assert [nb.name for nb in picked] == ["01_first.ipynb", "03_third.ipynb"]
+    with pytest.raises(NotebookFailed, match="matches 04, 2nd"):
+        numbered_notebooks(["01", "04", "2nd"], tmp_path)
+
+
+def test_overrides_after_only_are_overrides_not_notebook_names():
+    args = parse_args(build_parser(), ["reproduce", "--only", "03", "04", "train.epochs=2", "--profile", "smoke"])
+    assert args.only == ["03", "04"] and args.overrides == ["train.epochs=2"]
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["reproduce", "--only", "train.epochs=2"])
 
 
 def test_repository_notebooks_are_numbered_chapters():
