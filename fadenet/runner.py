@@ -42,14 +42,14 @@ def reproduce(profile: str | None = None, overrides: list[str] | tuple = (), onl
     from tqdm.auto import tqdm
 
     cfg = load_config(profile, *overrides)  # fails here, before any notebook, on a bad override
+    notebooks = numbered_notebooks(only, folder)
+    if not notebooks:
+        raise NotebookFailed(f"no notebooks matching NN_*.ipynb in {folder}")
     run_dir = cfg.runs_path / f"reproduce-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     _log_to(run_dir / "reproduce.log")
     cfg.save(run_dir / "config.yaml")
-    notebooks = numbered_notebooks(only, folder)
-    if not notebooks:
-        raise NotebookFailed(f"no notebooks matching {only or 'NN_*.ipynb'} in {folder}")
     log.info("profile %s, %d notebooks, output in %s", cfg.profile, len(notebooks), run_dir)
     for nb in tqdm(notebooks, desc=f"reproduce ({cfg.profile})", unit="notebook"):
         out = out_dir / nb.name

@@ -32,6 +32,8 @@ def test_profiles_differ_where_the_spec_says():
     assert smoke.train.epochs == 1 and smoke.data.subset > 0
     assert quick.model.backbone == "auto" and quick.train.epochs == 8
     assert paper.train.epochs == Config().train.epochs == 120  # the paper's recipe is the default
+    assert (paper.loss.lds, paper.train.mixup_prob) == (True, 0.5)
+    assert (quick.loss.lds, quick.train.mixup_prob) == (False, 0.0)
     assert paper.data.subset == 0
 
 

@@ -33,13 +33,16 @@ def recipe_table(cfg: Config, run: Run) -> pd.DataFrame:
          f"{paper.batch_size}, AdamW lr {paper.lr:g}, weight decay {paper.weight_decay:g}"),
         ("schedule", f"warm-up {t.warmup_epochs:g} epochs, cosine to {t.min_lr_ratio:g} x lr",
          f"cosine to {paper.min_lr_ratio:g} x lr"),
-        ("mixup", f"alpha {t.mixup_alpha:g} on {t.mixup_prob:.0%} of batches",
-         f"alpha {paper.mixup_alpha:g} on {paper.mixup_prob:.0%} of batches"),
+        ("mixup", mixup_text(t), mixup_text(paper)),
         ("EMA decay, gradient clip", f"{t.ema_decay:g}, {t.grad_clip:g}", f"{paper.ema_decay:g}, {paper.grad_clip:g}"),
         ("loss", loss_text(cfg.loss), loss_text(Config().loss)),
         ("seed", str(t.seed), "42 and 1337"),
     ]
     return pd.DataFrame(rows, columns=["", "this run", "paper"])
+
+
+def mixup_text(train) -> str:
+    return f"alpha {train.mixup_alpha:g} on {train.mixup_prob:.0%} of batches" if train.mixup_prob else "none"
 
 
 def loss_text(loss) -> str:
@@ -78,7 +81,8 @@ def loss_figure(cfg: Config, train_ages: np.ndarray) -> plt.Figure:
     counts = np.bincount(np.clip(train_ages, 0, k - 1).astype(int), minlength=k)
     weights = lds_weights(torch.as_tensor(train_ages), k, cfg.loss.lds_sigma, cfg.loss.lds_clip).numpy()
     right.bar(np.arange(k), counts, color="0.8", label="training faces per age")
-    right.set(title="LDS re-weighting", xlabel="age", ylabel="faces")
+    right.set(title="LDS re-weighting" + ("" if cfg.loss.lds else " (not used: loss.lds=false)"),
+              xlabel="age", ylabel="faces")
     twin = right.twinx()
     twin.plot(np.arange(k), weights, color="tab:orange", label="LDS weight")
     twin.set_ylabel("weight of the KL and L1 terms", color="tab:orange")
@@ -91,25 +95,29 @@ def loss_figure(cfg: Config, train_ages: np.ndarray) -> plt.Figure:
 def training_figure(run: Run) -> plt.Figure:
     """The eight plots in one figure, two rows of four."""
     batches = pd.read_csv(run.folder / "batches.csv")
+    history = run.history.copy()
+    history.attrs["mixup_prob"] = run.config.train.mixup_prob  # the legends say whether batches were mixed
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.2))
     for name, ax in zip(PLOTS, axes.flat):
-        DRAW[name](ax, run.history, batches)
+        DRAW[name](ax, history, batches)
         if ax.get_xlabel() == "epoch":
-            ax.set_xlim(0.5, len(run.history) + 0.5)
+            ax.set_xlim(0.5, len(history) + 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.tight_layout()
     return fig
 
 
 def _loss(ax, h, b):
-    ax.plot(h["epoch"], h["train_loss"], "o-", label="train (augmented, mixup)")
+    mixup = f", mixup on {h.attrs['mixup_prob']:.0%} of batches" if h.attrs["mixup_prob"] else ""
+    ax.plot(h["epoch"], h["train_loss"], "o-", label=f"train (augmented{mixup})")
     ax.plot(h["epoch"], h["val_loss"], "s-", label="validation (EMA weights)")
     ax.set(title="1 loss", xlabel="epoch", ylabel="DLDL loss")
     ax.legend(fontsize=8)
 
 
 def _mae(ax, h, b):
-    ax.plot(h["epoch"], h["train_mae"], "o-", label="train (batches without mixup)")
+    ax.plot(h["epoch"], h["train_mae"], "o-",
+            label="train (batches without mixup)" if h.attrs["mixup_prob"] else "train (augmented)")
     ax.plot(h["epoch"], h["val_mae"], "s-", label="validation (EMA weights)")
     best = h["val_mae"].idxmin()
     ax.plot(h["epoch"][best], h["val_mae"][best], "*", color="black", ms=11, zorder=3,

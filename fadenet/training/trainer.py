@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, config_from_dict
 from ..data import FaceSet, Split, load_split, prepare
 from ..data.cache import stratified_pick
 from ..data.loader import Batches, mixup
@@ -53,6 +54,11 @@ class Run:
     @property
     def best(self) -> Path:
         return self.folder / "best.pt"
+
+    @property
+    def config(self) -> Config:
+        """The resolved configuration the run was trained with."""
+        return config_from_dict(yaml.safe_load((self.folder / "config.yaml").read_text()))
 
 
 def resolved(cfg: Config) -> Config:
