@@ -18,7 +18,7 @@ def _no_profile_env(monkeypatch):
 # ---- profiles ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile,size,source,pretrained,tta", [
     ("smoke", 64, "auto", "none", "flip"),
-    ("quick", 128, "auto", "auto", "flip"),
+    ("quick", 160, "auto", "auto", "flip"),
     ("paper", 224, "afad", "imagenet", "multi"),
 ])
 def test_profiles_resolve(profile, size, source, pretrained, tta):
@@ -30,7 +30,7 @@ def test_profiles_resolve(profile, size, source, pretrained, tta):
 def test_profiles_differ_where_the_spec_says():
     smoke, quick, paper = (load_config(p) for p in ("smoke", "quick", "paper"))
     assert smoke.train.epochs == 1 and smoke.data.subset > 0
-    assert quick.model.backbone == "auto" and quick.train.epochs == 8
+    assert quick.model.backbone == "auto" and quick.train.epochs == 10
     assert paper.train.epochs == Config().train.epochs == 120  # the paper's recipe is the default
     assert (paper.loss.lds, paper.train.mixup_prob) == (True, 0.5)
     assert (quick.loss.lds, quick.train.mixup_prob) == (False, 0.0)
