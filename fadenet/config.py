@@ -236,7 +236,7 @@ class Config:
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"data.source": "afad", "data.size": 224, "model.backbone": "mobilenet_v3_large",
               "model.pretrained": "imagenet", "eval.tta": "multi"},
-    # quick compresses the recipe for a CPU: 10 epochs at 160 px, 40 to 80 min of training on 2
+    # quick compresses the recipe for a CPU: 10 epochs at 160 px, 39 min of training on 2 AVX2
     # cores (it was sized at 8 epochs of 128 px, ~15 min on a CPU that trains at ~100 images/s).
     # Measured on AAF (FADE-Net on ImageNet MobileNetV2, 80-10-10, validation MAE): at 5 epochs,
     # batch 64 with a frozen first epoch 5.74, batch 32 without one 5.58; at batch 32, lr 3e-4 to
@@ -245,7 +245,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # weights of early epochs (raw weights 0.08 better after 5 epochs); 0.995 fixed that. The
     # whole-image framing (data.crop=none) was worse (5.68 after 5 epochs), and so was lr 2e-3 for
     # the new layers with train.backbone_lr_scale=0.25. Mixup and LDS regularise a long run; in 8
-    # epochs they held it back (5.09 with them, 5.09 to 4.97 without, by thread count). At 8
+    # epochs they held it back (5.29 with them; 5.09 to 4.97 without, by thread count). At 8
     # epochs 160 px reached 5.02 (test 4.79) in about the time of 128 px, 192 px 5.08 (test 4.76)
     # in 1.35x the time.
     "quick": {"data.source": "auto", "data.size": 160, "data.split": "80-10-10",

@@ -79,7 +79,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def _cell(v) -> str:
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+        # z: a value that rounds to zero prints 0.000, not -0.000
+        return f"{v:z.3f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int) and abs(v) >= 1000:
         return f"{v:,}"
     return str(v)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fadenet.config import ROOT, load_config
-from fadenet.figures import RESULTS_END, RESULTS_START, ReportError, results_markdown, save_table, update_readme
+from fadenet.figures import RESULTS_END, markdown_table, RESULTS_START, ReportError, results_markdown, save_table, update_readme
 
 
 def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
@@ -20,6 +20,11 @@ def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     section = text.split(RESULTS_START)[1].split(RESULTS_END)[0]
     assert "#### Ablation (notebook 04)" in section and "| baseline | 12.500 |" in section and "_made here_" in section
     assert "Training (notebook 03)" not in section, "absent tables are skipped"
+
+
+def test_table_cells_round_to_three_decimals_without_a_negative_zero():
+    table = markdown_table(pd.DataFrame({"MAE - FP32 MAE": [-0.0004, -0.02, 0.4286], "seed": [1337, 42, 7]}))
+    assert table.splitlines()[2:] == ["| 0.000 | 1337 |", "| -0.020 | 42 |", "| 0.429 | 7 |"]
 
 
 def test_a_readme_without_markers_is_one_clear_error(tmp_path):

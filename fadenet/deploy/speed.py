@@ -447,8 +447,7 @@ def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
     table = pd.DataFrame([{"engine": name, f"images/s (batch 1, {e.bench_size}px)": per_second[name],
                            "speed-up over ONNX Runtime FP32": round(per_second[name] / fp32_speed, 2),
                            f"test MAE ({faces.size}px)": mae[name],
-                           # rounded to the table's 3 decimals; + 0.0 turns -0.0 into 0.0
-                           "MAE - FP32 MAE": round(mae[name] - fp32_mae, 3) + 0.0} for name in calls])
+                           "MAE - FP32 MAE": mae[name] - fp32_mae} for name in calls])
     return Int8Study(table, profile)
 
 
