@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 
-.PHONY: setup reproduce test lab clean
+.PHONY: setup reproduce test test-fast lab clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ reproduce: setup
 # nbval-check-output have their outputs compared (the rest depend on data and timing).
 test: setup
 	FADENET_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The edit-test loop: unit tests without training, notebooks, real data or the browser.
+test-fast: setup
+	FADENET_PROFILE=smoke $(PY) -m pytest tests -m "not slow and not aaf and not browser" -p no:cacheprovider -q
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root notebooks/

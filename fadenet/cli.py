@@ -7,6 +7,7 @@ checkpoint) are printed as one line and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def cmd_reproduce(args) -> None:
 def cmd_train(args) -> None:
     from .training import train
     run = train(_config(args))
+    if int(os.environ.get("RANK", "0")):  # under torchrun the first process speaks for all
+        return
     m = run.meta
     print(f"{m['run_id']}: best val MAE {m['best_val_mae']:.3f} (epoch {m['best_epoch']}), "
           f"test MAE {m['test_mae']:.3f}; {m['train_seconds'] / 60:.1f} min of training; "
@@ -78,12 +81,17 @@ def cmd_bench(args) -> None:
         print(f"training input pipeline: {rate:,.0f} augmented images/s "
               f"({faces.source}, {faces.size}px, batch {batch}, {torch.get_num_threads()} torch threads)")
     elif args.what == "train":
-        from .training.trainer import training_throughput
-        r = training_throughput(cfg, faces, split, steps=args.steps)
-        print(f"training throughput, {r['backbone']}, {r['size']}px, batch {r['batch_size']}, "
-              f"{r['threads']} threads: real loop {r['loop']:.1f} images/s, bare forward/backward/step "
-              f"{r['bare']:.1f} images/s, ratio {r['ratio']:.1%} "
-              f"(rounds {r['spread'][0]:.1%} to {r['spread'][1]:.1%}; {r['steps']} steps of each)")
+        from .figures import markdown_table, save_table
+        from .training.bench import MODES, machine_text, modes_frame, training_modes
+        from .training.trainer import resolved
+        modes = [m for m in MODES if not args.modes or any(w in m for w in args.modes)]
+        table = modes_frame(training_modes(cfg, faces, split, modes, steps=args.steps, rounds=args.rounds))
+        caption = (f"{machine_text()}; {cfg.model.arch} on {resolved(cfg).model.backbone}, {faces.source}, "
+                   f"{cfg.data.size}px, global batch {cfg.train.batch_size}, profile {cfg.profile}; "
+                   f"{args.rounds} rounds of {args.steps} steps")
+        path = save_table(table, "bench_train", cfg, caption)
+        print(markdown_table(table))
+        print(f"\n{caption}\ntable: {path}")
 
 
 def cmd_bench_speed(args) -> None:
@@ -178,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_int_list, default=None,
                    help="batch size of the data benchmark (default 64); comma-separated sizes of the "
                         "speed benchmark (default eval.bench_batches, 1,32)")
-    p.add_argument("--steps", type=int, default=40,
-                   help="timed steps of the training benchmark, of each kind (loop and bare)")
+    p.add_argument("--steps", type=int, default=6, help="train: timed steps of each mode in each round")
+    p.add_argument("--rounds", type=int, default=3, help="train: rounds (the modes take turns, each round in another order)")
+    p.add_argument("--modes", nargs="+", default=None, metavar="WORD",
+                   help="train: time only the modes whose names contain one of these words (e.g. compile default)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="speed: networks to time (default eval.bench_models=all: FADE-Net, its variants, "
                         "the backbone baselines and torchvision mobilenet_v3_large)")

@@ -23,6 +23,31 @@ AAF_FOLDER = "All-Age-Faces Dataset"
 AAF_SUBSET_STEP = 55  # every 55th AAF file by sorted name: ~240 images across all ages
 
 
+# ---- fast and slow ------------------------------------------------------------------------------
+# Fixtures that train a model: every test that uses one is marked slow, so that `make test-fast`
+# (-m "not slow ...") is the suite without training.
+TRAINING_FIXTURES = {"smoke_run", "smoke_checkpoint", "predictor", "explorer", "trained"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# ---- seeds ------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same seeds, so that its random inputs are the same on every
+    run and in any order of tests."""
+    import random
+
+    import torch
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 # ---- real data ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def aaf_root() -> Path:

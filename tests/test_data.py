@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
+import random
 
 import numpy as np
 import pandas as pd
@@ -185,7 +185,7 @@ def afad_with_bad_files(tmp_path, image_writer):
         colours[rel] = (10 + 17 * i, 250 - 15 * i, (90 * i) % 256)
         image_writer(base / rel, colours[rel], size=SMALL)
     unreadable = {}
-    unreadable["30/112/corrupt.jpg"] = os.urandom(3000)
+    unreadable["30/112/corrupt.jpg"] = random.Random(1).randbytes(3000)
     unreadable["30/111/zero.jpg"] = b""
     real = make_noise_jpeg(tmp_path / "noise.jpg").read_bytes()
     unreadable["31/111/truncated.jpg"] = real[:len(real) // 2]
@@ -246,7 +246,7 @@ def test_bad_files_in_aaf(fake_aaf, cfg_factory, tmp_path):
     rgba = np.zeros((100, 100, 4), np.uint8)
     rgba[:, 50:] = (255, 0, 0, 255)
     Image.fromarray(rgba, "RGBA").save(images / "00020A33.jpg", format="PNG")  # a PNG named .jpg
-    (images / "00021A34.jpg").write_bytes(os.urandom(500))
+    (images / "00021A34.jpg").write_bytes(random.Random(2).randbytes(500))
     (images / "00022A35.jpg").write_bytes(b"")
     real = make_noise_jpeg(tmp_path / "noise.jpg").read_bytes()
     (images / "00023A36.jpg").write_bytes(real[: len(real) // 3])
@@ -269,7 +269,7 @@ def test_nothing_decodable_is_a_dataset_error(tmp_path, cfg_factory):
     base = tmp_path / "data" / "AFAD-Full" / "20" / "111"
     base.mkdir(parents=True)
     for k in range(3):
-        (base / f"{k}.jpg").write_bytes(os.urandom(100))
+        (base / f"{k}.jpg").write_bytes(random.Random(k).randbytes(100))
     with pytest.raises(DatasetError, match=str(tmp_path / "data" / "AFAD-Full")):
         prepare(cfg_factory("data.source=afad", root=tmp_path / "data"), progress=False)
     cache_dir = tmp_path / "cache"

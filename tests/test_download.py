@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
+import random
 import re
 import shutil
 import socket
@@ -23,8 +23,9 @@ from fadenet.data.download import DownloadError, download_afad
 
 STEM = "AFAD-Full.tar.xz"
 PIECES = [f"{STEM}aa", f"{STEM}ab", f"{STEM}ac"]
-FACES = {  # path inside AFAD-Full -> bytes; random bytes so that xz cannot shrink them
-    f"{age}/{sex}/{n}.jpg": os.urandom(6000)
+_RNG = random.Random(11)
+FACES = {  # path inside AFAD-Full -> bytes; random bytes (seeded) so that xz cannot shrink them
+    f"{age}/{sex}/{n}.jpg": _RNG.randbytes(6000)
     for age, sex, n in [(15, 111, "a"), (15, 112, "b"), (38, 111, "c"), (38, 112, "d")]
 }
 

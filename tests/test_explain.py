@@ -6,13 +6,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 
 from fadenet.config import ModelConfig
 from fadenet.data.loader import normalize, to_tensor
 from fadenet.explain import LAYERS, METHODS, AgeTarget, compute_cams, face_region, mass_inside, report
 from fadenet.explain.cam import SignedEigenCAM, region_mask
-from fadenet.model import build_model
+from fadenet.model import AgeNet, build_model
 
 SIZE = 64
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,3 +151,48 @@ def test_notebook_figures_and_table(model, faces):
     assert [len(f.axes) for f in figures] == [3, 3 * 3, 3 * 3, 2 * 3]
     for fig in figures:
         plt.close(fig)
+
+
+class _RegionOnly(nn.Module):
+    """Keeps the activations inside one rectangle of the map (rows r0:r1, columns c0:c1)."""
+
+    def __init__(self, size: int, rows: tuple[int, int], cols: tuple[int, int]):
+        super().__init__()
+        mask = torch.zeros(1, 1, size, size)
+        mask[..., rows[0]:rows[1], cols[0]:cols[1]] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return x * self.mask
+
+
+def _network_that_sees_one_region() -> AgeNet:
+    """An AgeNet whose predicted age depends on the image only through one off-centre,
+    non-square region: positive 1x1-stride-4 features, masked to rows 2-6 and columns 9-14 of
+    the 16x16 map (pixels 8-28 down, 36-60 across at 64 px), and a head whose age grows with
+    every feature."""
+    conv = nn.Conv2d(3, 4, 4, stride=4)
+    with torch.no_grad():
+        conv.weight.fill_(0.05)
+        conv.bias.fill_(0.1)
+    backbone = nn.Sequential(conv, nn.ReLU(), _RegionOnly(SIZE // 4, (2, 7), (9, 15)))
+    head = nn.Linear(4, 81)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, 81)[:, None].expand(81, 4))
+        head.bias.zero_()
+    return AgeNet(backbone, nn.Sequential(head), {"arch": "test", "backbone": "test", "pretrained": "random"}).eval()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_cam_lights_the_region_the_prediction_depends_on(method):
+    model = _network_that_sees_one_region()
+    images = np.full((3, SIZE, SIZE, 3), 255, np.uint8)
+    images[1, ::2] = 128   # striped: the region still holds all the evidence
+    images[2] = 0          # black, but for the region itself: a mirrored or shifted input would show nothing
+    images[2, 8:28, 36:60] = 255
+    cams = compute_cams(model, images, method, "attention")
+    region = (36 / SIZE, 8 / SIZE, 60 / SIZE, 28 / SIZE)        # x0, y0, x1, y1 as fractions
+    assert (mass_inside(cams, region) > 0.9).all()
+    for cam in cams:
+        y, x = np.unravel_index(cam.argmax(), cam.shape)
+        assert 8 <= y < 28 and 36 <= x < 60, (y, x)

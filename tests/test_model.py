@@ -81,11 +81,19 @@ def test_each_ablation_switch_changes_the_count_by_its_own_modules(switch, faden
 
 @pytest.mark.parametrize("ca_on,msff_on,spp_on", list(itertools.product([True, False], repeat=3)))
 def test_every_ablation_combination_builds_trains_and_predicts(ca_on, msff_on, spp_on):
+    """Each switched-on block is on the path from image to age: its every parameter gets a
+    gradient (a block built but bypassed would get none); a switched-off block is absent."""
     model = build_model(paper(ca=ca_on, msff=msff_on, spp=spp_on))
     logits = model(torch.randn(2, 3, 64, 64))
     logits.sum().backward()
     assert logits.shape == (2, 81)
-    assert all(p.grad is not None for p in model.head.parameters())
+    attention = [m for m in model.modules() if isinstance(m, CoordinateAttention)]
+    assert len(attention) == (4 if ca_on else 0)
+    assert (model.fusion is not None) == msff_on and (model.spp is not None) == spp_on
+    blocks = attention + [b for b in (model.fusion, model.spp, model.head) if b is not None]
+    for block in blocks:
+        for name, p in block.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, (type(block).__name__, name)
 
 
 def test_baseline_is_mobilenet_v3_large_features_with_gap_and_the_head():
@@ -125,6 +133,7 @@ def test_predict_gives_the_distribution_and_its_expectation():
     assert predict(peaked)[1].item() == pytest.approx(30.0)
 
 
+@pytest.mark.slow
 def test_onnx_export_with_dynamic_batch_matches_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(1)

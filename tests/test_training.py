@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import math
 import os
 import signal
@@ -20,7 +21,9 @@ from fadenet.data import load_split, prepare
 from fadenet.model import build_model
 from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint_file, load_model,
                               load_weights, train)
-from fadenet.training.trainer import Trainer, lr_at, run_folder, training_throughput
+from fadenet.runtime import usable_cores
+from fadenet.training.bench import modes_frame, training_modes
+from fadenet.training.trainer import Trainer, lr_at, run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -149,15 +152,25 @@ def test_a_network_from_random_weights_learns_at_one_rate(cfg_factory, tmp_path)
     assert not old and len(new) == 1
 
 
-def test_training_benchmark_times_both_steps_in_alternating_rounds(cfg_factory, tmp_path):
-    cfg = cfg_factory(f"runs_dir={tmp_path}", "data.synthetic_count=400", "train.batch_size=8")
+def test_training_benchmark_times_each_mode_in_rounds_and_leaves_no_run(cfg_factory, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "data.synthetic_count=400", "train.batch_size=32", "data.size=32")
     faces = prepare(cfg, progress=False)
-    r = training_throughput(cfg, faces, load_split(faces, cfg), steps=8, warmup=1, rounds=2)
-    assert r["steps"] == 8 and r["batch_size"] == 8
-    assert r["loop"] > 0 and r["bare"] > 0
-    assert r["ratio"] == pytest.approx(r["loop"] / r["bare"])
-    low, high = r["spread"]
-    assert low <= high
+    modes = ["eager FP32, NCHW", "channels-last (the earlier default)", "channels-last, one process per core"]
+    results = training_modes(cfg, faces, load_split(faces, cfg), modes, steps=2, rounds=3)
+    assert [r.name for r in results] == modes
+    nchw, channels_last, per_core = results
+    assert nchw.settings.startswith("NCHW, fp32, AdamW, eager, 1 x")
+    assert channels_last.settings.startswith("channels-last, fp32, AdamW, eager, 1 x")
+    n = max(1, min(usable_cores(), 32 // 16))  # one process per core, each at least 16 of the batch's 32
+    assert per_core.settings.endswith(f", {n} x {max(1, usable_cores() // n)} threads")
+    assert all(len(r.rates) == 3 for r in results)
+    assert len(channels_last.bare) == 3 and not nchw.bare  # bare steps for the modes in BARE only
+    table = modes_frame(results)
+    assert list(table["mode"]) == modes and table["vs first"].iloc[0] == "1.00x"
+    ratio = channels_last.rate / nchw.rate
+    assert table["vs first"].iloc[1] == f"{ratio:.2f}x"
+    assert table["loop / bare step"].iloc[1] == f"{channels_last.rate / np.median(channels_last.bare):.1%}"
+    assert table["loop / bare step"].iloc[0] == ""
     assert not (tmp_path / "bench-train").exists()  # a benchmark leaves no run behind
 
 
@@ -193,7 +206,7 @@ def test_a_checkpoint_that_differs_only_in_its_layers_is_one_clear_error(smoke_c
 
 def test_files_that_are_not_checkpoints_are_refused(tmp_path):
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(2000))
+    garbage.write_bytes(random.Random(7).randbytes(2000))
     other = tmp_path / "state_dict.pt"
     torch.save(build_model(ModelConfig(pretrained="none", arch="baseline", backbone="resnet18")).state_dict(), other)
     for path, words in ((tmp_path / "missing.pt", "does not exist"), (garbage, "not a readable"),
@@ -201,6 +214,29 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path):
         with pytest.raises(CheckpointError, match=words) as err:
             load_model(path)
         assert str(path) in str(err.value)
+
+
+def _damaged_copies(data: bytes, rng: random.Random):
+    """Random files, cuts of a real checkpoint at many lengths, and copies with a few bits flipped."""
+    for _ in range(30):
+        yield "random bytes", rng.randbytes(rng.randrange(1, 5000))
+    for n in [1, 2, 22, 100, 1000] + sorted(rng.sample(range(1000, len(data)), 25)) + [len(data) - 1]:
+        yield f"cut at {n} bytes", data[:n]
+    for _ in range(30):
+        copy = bytearray(data)
+        for _ in range(rng.randrange(1, 9)):
+            pos = rng.randrange(len(copy))
+            copy[pos] ^= 1 << rng.randrange(8)
+        yield "bits flipped", bytes(copy)
+
+
+def test_a_damaged_checkpoint_always_gives_the_clear_error(smoke_checkpoint, tmp_path):
+    path = tmp_path / "damaged.pt"
+    for what, data in _damaged_copies(smoke_checkpoint.read_bytes(), random.Random(2026)):
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as err:
+            load_model(path)
+        assert str(path) in str(err.value), what
 
 
 class _Payload:

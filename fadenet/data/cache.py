@@ -48,6 +48,20 @@ class FaceSet:
     def ages(self) -> np.ndarray:
         return self.table["age"].to_numpy()
 
+    # A cached array travels to worker processes (data-parallel training) by its file name, so
+    # that each maps the same file instead of receiving a copy of every image.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        name = getattr(self.images, "filename", None)
+        if name and np.load(name, mmap_mode="r").shape == self.images.shape:
+            state["images"] = Path(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["images"], Path):
+            state["images"] = np.load(state["images"], mmap_mode="r")
+        self.__dict__.update(state)
+
 
 def resolve_crop(crop: str, source: str) -> str:
     """``auto`` is the source's own framing: AAF is loosely framed and gets the face crop."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 FACE_MARGIN = 1.1
 AAF_BOX = (0.50, 0.58, 0.70)  # centre x, centre y (fractions of width, height), side (of width)
@@ -30,14 +30,17 @@ def read_rgb(path: str | Path, min_side: int = 0) -> np.ndarray:
     """Decode any PIL-readable image to RGB uint8 (H, W, 3).
 
     Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on
-    white. ``min_side`` lets JPEG decoding downscale in the DCT for speed, never below it.
+    white; an EXIF orientation (phone photos) is applied; of an animated image, the first
+    frame is read. ``min_side`` lets JPEG decoding downscale in the DCT for speed, never below it.
     """
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:  # PIL itself only warns below twice its limit
+                raise Image.DecompressionBombError
             if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
             im.load()
-            return np.asarray(_to_rgb(im))
+            return np.asarray(_to_rgb(ImageOps.exif_transpose(im)))
     except Image.DecompressionBombError:
         raise ImageReadError(f"image larger than {MAX_PIXELS:,} pixels") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's ways of saying "not a valid image"

@@ -43,14 +43,21 @@ class Batches:
 
     ``images`` are normalised float tensors (B, 3, S, S); ``ages`` float; ``rows`` the indices
     into the array. With ``train=True`` the order is shuffled and the batch augmented.
+
+    ``shard=(rank, world)`` yields process ``rank``'s share of each batch for data-parallel
+    training: every process draws the same shuffled order, and takes every world-th face of each
+    ``batch_size`` batch; it augments its share with draws of its own (rank 0 with the draws a
+    single process makes).
     """
 
     def __init__(self, images: np.ndarray, ages: np.ndarray, rows: np.ndarray, batch_size: int,
-                 train: bool = False, seed: int = 0, erase_p: float = 0.1, augment: bool = True):
+                 train: bool = False, seed: int = 0, erase_p: float = 0.1, augment: bool = True,
+                 shard: tuple[int, int] = (0, 1)):
         self.images, self.ages = images, np.asarray(ages, dtype=np.float32)
         self.rows = np.asarray(rows)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.erase_p, self.augment = erase_p, augment and train
+        self.rank, self.world = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,10 +70,13 @@ class Batches:
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         rows = self.rows[torch.randperm(len(self.rows), generator=gen).numpy()] if self.train else self.rows
+        if self.rank:
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
         for b in range(len(self)):
             chunk = rows[b * self.batch_size:(b + 1) * self.batch_size]
             if self.train:  # order within a shuffled batch is free, and file order reads faster
                 chunk = np.sort(chunk)
+            chunk = chunk[self.rank::self.world]
             x = to_tensor(self.images[chunk])
             if self.augment:
                 x = augment_batch(x, gen, self.erase_p)

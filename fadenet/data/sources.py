@@ -3,6 +3,7 @@
 source does not know who is who), plus the files it could not use and why."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +73,26 @@ def scan(source: str, data_root: Path, synthetic_count: int = 2000, seed: int = 
         raise DatasetError(f"{source} dataset not found: {folder} does not exist "
                            f"(set data.root or FADENET_DATA_ROOT to the folder that holds {FOLDERS[source]!r})")
     rows, skipped = SCANNERS[source](folder)
-    rows, skipped = _keep_known_ages(rows, skipped)
+    rows, skipped = _keep_known_ages(*_keep_text_names(rows, skipped))
     if not rows:
         raise DatasetError(f"{source} dataset at {folder} holds no usable images"
                            + (f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})"
                               if skipped else ""))
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", ignore_index=True)
     return Scan(source, folder, table, skipped)
+
+
+def _keep_text_names(rows, skipped):
+    """File names that are not valid UTF-8 (Python holds their odd bytes as surrogates) cannot
+    be written to the cache's index; they are skipped, shown with those bytes escaped."""
+    def readable(name: str) -> str:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+    def is_text(name: str) -> bool:
+        return readable(name) == name
+    kept = [r for r in rows if is_text(r[0])]
+    dropped = [(readable(r[0]), "file name is not valid UTF-8; rename the file") for r in rows if not is_text(r[0])]
+    return kept, [(readable(path), reason) for path, reason in skipped] + dropped
 
 
 def _keep_known_ages(rows, skipped):
@@ -153,6 +167,9 @@ def aaf_official_lists(folder: Path) -> dict[str, set[str]]:
         path = folder / "image sets" / f"{name}.txt"
         if not path.is_file():
             raise DatasetError(f"AAF official split list {path} is missing")
-        lists[name] = {f"aglined faces/{line.split()[0]}" for line in path.read_text().splitlines()
-                       if line.strip()}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"AAF official split list {path} is not a text file ({e.reason} at byte {e.start})") from None
+        lists[name] = {f"aglined faces/{line.split()[0]}" for line in text.splitlines() if line.strip()}
     return lists

@@ -9,9 +9,7 @@ PyTorch, so that ONNX Runtime and PyTorch can be compared on the same numbers.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from ..data.loader import normalize, to_tensor
 from ..evaluation.predict import expected_age, predict_probs
 from ..figures import SOURCE_NAMES
 from ..io import atomic_path
+from ..runtime import cpu_info
 from ..model import eval_mode, predict
 from ..training import CheckpointError, load_model
 
@@ -71,21 +70,6 @@ class Int8Recipe:
 
 # Instructions that multiply-add 8-bit values in one step (AVX-512 VNNI, AVX-VNNI, AMX).
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-@functools.cache
-def cpu_info() -> tuple[str, set[str]]:
-    """The CPU's model name and its instruction-set flags (empty where /proc/cpuinfo is absent)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return name, flags
 
 
 # The candidates notebook 07 compares. The default depends on the CPU (notebook 07's INT8 table

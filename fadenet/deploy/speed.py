@@ -39,7 +39,8 @@ from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
 from ..model import SpatialPyramidPooling, build_model, count_macs
 from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
-from .export import (DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, calibration_batch, cpu_info,
+from ..runtime import cpu_info
+from .export import (DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, calibration_batch,
                      export_onnx, face_batch, mae_by_engine, ort_session, quantize_int8, spread_rows)
 
 BACKENDS = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",

@@ -51,13 +51,17 @@ def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
 @torch.inference_mode()
 def predict_probs(models: torch.nn.Module | Sequence[torch.nn.Module], images: np.ndarray, rows: np.ndarray,
                   tta: str = "none", scales: Sequence[float] = (0.9, 1.0, 1.1), batch_size: int = 128,
-                  device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+                  device: str | torch.device = "cpu", progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Predicted age distributions (N, K) of the uint8 faces ``images[rows]``, averaged over the
-    TTA views of ``tta`` and over ``models`` (an ensemble), in float32."""
+    TTA views of ``tta`` and over ``models`` (an ensemble), in float32. ``precision`` bf16 or
+    fp16 runs the networks under autocast (a run's ``train.precision``: the one it learnt in)."""
     models = [models] if isinstance(models, torch.nn.Module) else list(models)
     batches = Batches(images, np.zeros(len(images), np.float32), rows, batch_size)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     out = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                                           enabled=dtype is not None))
         for model in models:
             stack.enter_context(eval_mode(model))
         for x, _, _ in tqdm(batches, desc=f"predict (TTA {tta})", unit="batch", disable=not progress):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -24,15 +24,29 @@ def load_checkpoint_file(path: str | Path, expect: Config | None = None) -> dict
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        _check_archive(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in the unpickler in many ways (IndexError, KeyError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable FADE-Net checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is not a readable FADE-Net checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a FADE-Net checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    config, weights = state.get("config"), state.get("model")
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(weights, dict)
+            and all(isinstance(v, torch.Tensor) for v in weights.values())):
+        raise CheckpointError(f"{path} is a damaged FADE-Net checkpoint (its config or weights are missing)")
     if expect is not None:
         _check_same_network(path, state["config"]["model"], expect.model.__dict__)
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 of every record, which torch.load does not
+    check: a flipped bit in the weights would load as a silently different network."""
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise ValueError(f"record {damaged} fails its CRC check")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[AgeNet, Config, dict]:

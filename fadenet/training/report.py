@@ -60,6 +60,8 @@ def results_table(run: Run) -> pd.DataFrame:
             ("test MAE (EMA weights of that epoch, no TTA)", f"{m['test_mae']:.3f}"),
             ("epochs run", str(m["epochs_done"])),
             ("training time", f"{m['train_seconds'] / 60:.1f} min ({h['images_per_second'].mean():.0f} images/s)"),
+            ("training mode", f"{m['precision']}, {'compiled' if m['compiled'] else 'eager'}, "
+                              f"{m['processes']} process(es) x {m['threads_per_process']} thread(s)"),
             ("parameters", f"{m['parameters']:,}")]
     return pd.DataFrame(rows, columns=["", "value"])
 

@@ -28,13 +28,15 @@ import yaml
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict
+from ..config import Config, ConfigError, config_from_dict
 from ..data import FaceSet, Split, load_split, prepare
 from ..data.cache import stratified_pick
 from ..data.loader import Batches, mixup
 from ..evaluation.predict import expected_age, predict_probs
 from ..io import atomic_path, atomic_write_text
 from ..model import build_model, predict, resolve_backbone, weights_obtainable
+from ..runtime import native_bf16
+from . import parallel
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
 
@@ -69,11 +71,29 @@ def resolved(cfg: Config) -> Config:
     without the weights are different runs, and an ``auto`` run that got ImageNet weights is the
     same run as its ``imagenet`` twin (notebook 03's run is one of notebook 04's)."""
     cfg = copy.deepcopy(cfg)
+    if cfg.train.precision == "auto":
+        cfg.train.precision = auto_precision(training_device(cfg))
     if cfg.model.backbone == "auto":
         cfg.model.backbone = resolve_backbone(cfg.model)
     if cfg.model.pretrained == "auto" and weights_obtainable(cfg.model.backbone):
         cfg.model.pretrained = "imagenet"
     return cfg
+
+
+def training_device(cfg: Config) -> torch.device:
+    d = cfg.train.device
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(d)
+
+
+def auto_precision(device: torch.device) -> str:
+    """bf16 where the device multiplies it natively (CUDA GPUs that support it, CPUs with
+    AVX-512-BF16 or AMX); fp16 on older GPUs; fp32 elsewhere, where bf16 is emulated and slow.
+    Precision is part of a run's identity: it changes the numbers, not only the speed."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16() else "fp32"
 
 
 def run_folder(cfg: Config) -> Path:
@@ -88,17 +108,38 @@ def load_run(folder: Path) -> Run:
 
 def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
           progress: bool = True) -> Run:
-    """Train (or resume, or reuse the finished run of) the configured model."""
+    """Train (or resume, or reuse the finished run of) the configured model, in as many
+    processes as ``train.processes`` resolves to (see :mod:`fadenet.training.parallel`)."""
     cfg = resolved(cfg)
     folder = cfg.runs_path / cfg.run_id()
     if (folder / "meta.json").is_file() and load_run(folder).meta.get("status") == "finished":
         log.info("reusing finished run %s", folder)
         return load_run(folder)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    faces = faces or prepare(cfg, progress=progress)
+    group = parallel.current_group()
+    if not group.main:
+        group.barrier()  # under torchrun, rank 0 builds the cache and the split; the others then read them
+    faces = faces or prepare(cfg, progress=progress and group.main)
     split = split or load_split(faces, cfg)
-    return Trainer(cfg, faces, split, folder, progress).fit()
+    if group.main:
+        group.barrier()
+    processes = group.world if group.world > 1 else parallel.process_count(cfg, training_device(cfg))
+    if processes > 1 and group.world == 1:
+        try:
+            parallel.spawn(_train_in_group, processes, cfg, faces, split, folder, progress)
+        except RuntimeError:
+            run = load_run(folder) if (folder / "meta.json").is_file() else None
+            if run is not None and run.meta.get("status") == "diverged":
+                raise TrainingDiverged(run.meta["error"]) from None
+            raise
+        return load_run(folder)
+    torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
+    return Trainer(cfg, faces, split, folder, progress, group).fit()
+
+
+def _train_in_group(cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool) -> None:
+    group = parallel.current_group()
+    torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
+    Trainer(cfg, faces, split, folder, progress and group.main, group).fit()
 
 
 def training_rows(faces: FaceSet, split: Split, fraction: float, seed: int) -> np.ndarray:
@@ -132,25 +173,42 @@ def ema_update(decay: float):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool):
+    """One process's part of a run. ``cfg`` must be :func:`resolved`; ``group`` says which of
+    the data-parallel processes this is (by default the only one)."""
+
+    def __init__(self, cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool,
+                 group: parallel.Group | None = None):
         self.cfg, self.faces, self.split, self.folder, self.progress = cfg, faces, split, folder, progress
+        self.group = group or parallel.Group()
         t = cfg.train
-        self.device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if t.device == "auto" else t.device))
-        self.use_amp = t.amp and self.device.type == "cuda"
+        self.device = training_device(cfg)
+        if self.device.type == "cuda" and self.group.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         torch.manual_seed(t.seed)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model).to(self.device, memory_format=self.memory_format)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay, t.backbone_lr_scale), lr=t.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        fused = {"fused": True} if t.fused_adamw else {}
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay, t.backbone_lr_scale),
+                                           lr=t.lr, **fused)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+        self.net = self.model  # what the step calls: the model, wrapped for data parallelism and compiled
+        if self.group.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.compiled = t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda")
+        if self.compiled:
+            self.net = torch.compile(self.net)
         k = cfg.model.num_classes
         self.train_rows = training_rows(faces, split, t.fraction, cfg.data.seed)
         train_ages = torch.as_tensor(faces.ages[self.train_rows])
         weights = lds_weights(train_ages, k, cfg.loss.lds_sigma, cfg.loss.lds_clip) if cfg.loss.lds else None
         self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
         self.batches = Batches(faces.images, faces.ages, self.train_rows, t.batch_size, train=True,
-                               seed=t.seed, erase_p=t.erase_p, augment=t.augment)
+                               seed=t.seed, erase_p=t.erase_p, augment=t.augment,
+                               shard=(self.group.rank, self.group.world))
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
@@ -160,13 +218,22 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------
     def fit(self) -> Run:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._log_to_file()
-        self.cfg.save(self.folder / "config.yaml")
+        """Train to the last epoch (rank 0 writes the run folder; the others only compute)."""
+        main = self.group.main
+        if main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._log_to_file()
+            self.cfg.save(self.folder / "config.yaml")
+        self.group.barrier()
         self._resume()
-        self._write_meta("running")
+        if main:
+            self._write_meta("running")
+            log.info("training in %d process(es) of %d thread(s), %s%s, on %s", self.group.world,
+                     torch.get_num_threads(), self.cfg.train.precision, ", compiled" if self.compiled else "",
+                     self.device)
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch * self.steps_per_epoch)
+        writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch * self.steps_per_epoch) \
+            if main else _NoWriter()
         started = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, self.cfg.train.epochs):
@@ -177,20 +244,26 @@ class Trainer:
                     self.best_mae, self.best_epoch = row["val_mae"], epoch
                     self._save_best(epoch)
                 self._save_last(epoch)
+                self.group.barrier()  # checkpoints written before any process reads them
                 for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
                     writer.add_scalar(f"epoch/{key}", row[key], epoch)
-                log.info("epoch %d/%d: train loss %.4f, val MAE %.3f%s (%.0f s)", epoch + 1,
+                if main:
+                    log.info("epoch %d/%d: train loss %.4f, val MAE %.3f%s (%.0f s)", epoch + 1,
                          self.cfg.train.epochs, row["train_loss"], row["val_mae"],
-                         " (best)" if improved else "", row["seconds"])
-                if self.cfg.train.max_minutes and time.perf_counter() - started > 60 * self.cfg.train.max_minutes:
+                             " (best)" if improved else "", row["seconds"])
+                out_of_time = bool(self.cfg.train.max_minutes) and \
+                    time.perf_counter() - started > 60 * self.cfg.train.max_minutes
+                if self.group.any(out_of_time):  # all processes stop after the same epoch
                     log.info("time budget of %.1f minutes reached after epoch %d", self.cfg.train.max_minutes, epoch + 1)
                     break
         except TrainingDiverged as e:
-            self._write_meta("diverged", error=str(e))
+            if main:
+                self._write_meta("diverged", error=str(e))
             raise
         finally:
             writer.close()
         self._finish()
+        self.group.barrier()
         return load_run(self.folder)
 
     def _epoch(self, epoch: int, writer) -> dict:
@@ -203,11 +276,13 @@ class Trainer:
         if frozen:  # frozen ImageNet layers keep their BatchNorm statistics too
             _freeze_batchnorm(model, {id(p) for p in self.frozen})
         self.batches.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(t.seed * 7919 + epoch)
-        rng = np.random.default_rng([t.seed, epoch])
+        rank = self.group.rank  # each process draws its own label noise and mixup; rank 0 as a single process would
+        gen = torch.Generator().manual_seed(t.seed * 7919 + epoch + 104_729 * rank)
+        rng = np.random.default_rng([t.seed, epoch] + ([rank] if rank else []))
         losses, maes, rows = [], [], []
         start = time.perf_counter()
-        bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not self.progress)
+        bar = tqdm(self.batches, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                   disable=not (self.progress and self.group.main))
         for b, (x, ages, _) in enumerate(bar):
             step = epoch * self.steps_per_epoch + b
             lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio)
@@ -221,9 +296,10 @@ class Trainer:
             writer.add_scalar("batch/loss", loss, step)
             bar.set_postfix(loss=f"{loss:.3f}")
         seconds = time.perf_counter() - start
-        self._append_batches(rows)
+        if self.group.main:
+            self._append_batches(rows)
         val_loss, val_mae = self.validate()
-        train_mae = float(np.mean(maes)) if maes else float("nan")
+        train_mae = self.group.mean(torch.tensor(np.mean(maes) if maes else float("nan")))
         return {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "train_mae": train_mae,
                 "val_loss": val_loss, "val_mae": val_mae, "frozen_backbone": frozen, "seconds": round(seconds, 2),
                 "images_per_second": round(len(losses) * t.batch_size / seconds, 1)}
@@ -237,13 +313,15 @@ class Trainer:
         mixed = t.mixup_alpha > 0 and rng.random() < t.mixup_prob
         if mixed:
             x, target, ages, weights, _ = mixup(x, target, ages, weights, t.mixup_alpha, rng)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            logits = self.model(x)
-        loss, _ = self.loss(logits, target, ages, weights)
-        if not torch.isfinite(loss):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self._forward(x)
+        loss, _ = self.loss(logits.float(), target, ages, weights)  # the loss in FP32 whatever the precision
+        value = self.group.mean(loss)  # the batch's loss over all processes: all stop together if it diverges
+        if not math.isfinite(value):
             kept = (f"the last good checkpoint is {self.folder / 'last.pt'} (epoch {len(self.history)})"
                     if self.history else "no checkpoint was written yet")
-            raise TrainingDiverged(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {b + 1}; "
+            raise TrainingDiverged(f"the loss became {value} in epoch {epoch + 1}, batch {b + 1}; "
                                    f"training stopped; {kept}; try a lower train.lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -254,7 +332,21 @@ class Trainer:
         self.scaler.update()
         self.ema.update_parameters(self.model)
         mae = None if mixed else (predict(logits.detach().float())[1] - ages).abs().mean().item()
-        return loss.item(), mae
+        return value, mae
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output; where torch.compile fails (its first call compiles), one
+        warning and the step goes on uncompiled."""
+        if not self.compiled or getattr(self, "_compile_checked", False):
+            return self.net(x)
+        self._compile_checked = True
+        try:
+            return self.net(x)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager step is the fallback
+            log.warning("torch.compile failed (%s); training without it", str(e).strip().splitlines()[0][:200])
+            self.compiled = False
+            self.net = self.net._orig_mod
+            return self.net(x)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, memory_format=self.memory_format)
@@ -263,7 +355,10 @@ class Trainer:
     def validate(self, rows: np.ndarray | None = None) -> tuple[float, float]:
         """(loss, MAE) of the EMA weights on the validation rows (no augmentation, no TTA)."""
         rows = self.split.val if rows is None else rows
-        probs = predict_probs(self.ema.module, self.faces.images, rows, batch_size=256, device=self.device)
+        self.group.broadcast_state(self.ema.module)  # one model, whichever process validates which faces
+        mine = predict_probs(self.ema.module, self.faces.images, self.group.share(rows), batch_size=256,
+                             device=self.device, precision=self.cfg.train.precision)
+        probs = self.group.gather(mine, len(rows))
         ages = torch.as_tensor(self.faces.ages[rows], dtype=torch.float32)
         k = self.cfg.model.num_classes
         target = target_distribution(ages, label_sigma(ages, self.cfg.loss, k, jitter=False), k)
@@ -273,10 +368,12 @@ class Trainer:
 
     # ---- state --------------------------------------------------------------------------
     def _seed_epoch(self, epoch: int) -> None:
-        torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch)  # dropout
+        torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch + 7_919 * self.group.rank)  # dropout
 
     def _checkpoint(self, name: str, epoch: int, weights: dict, **extra) -> None:
-        """Plain data only (config and metadata as dicts), written atomically."""
+        """Plain data only (config and metadata as dicts), written atomically, by rank 0."""
+        if not self.group.main:
+            return
         state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
                  "data_source": self.faces.source, "epoch": epoch + 1, "model": weights, **extra}
         with atomic_path(self.folder / name) as tmp:
@@ -287,7 +384,8 @@ class Trainer:
                          ema_averaged=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
                          scaler=self.scaler.state_dict(), best_val_mae=self.best_mae,
                          best_epoch=self.best_epoch, history=self.history)
-        atomic_write_text(self.folder / "log.csv", pd.DataFrame(self.history).to_csv(index=False))
+        if self.group.main:
+            atomic_write_text(self.folder / "log.csv", pd.DataFrame(self.history).to_csv(index=False))
 
     def _save_best(self, epoch: int) -> None:
         # the EMA weights are the ones validated, so they are the ones kept
@@ -296,7 +394,8 @@ class Trainer:
     def _resume(self) -> None:
         last = self.folder / "last.pt"
         if not last.is_file():
-            (self.folder / "batches.csv").unlink(missing_ok=True)
+            if self.group.main:
+                (self.folder / "batches.csv").unlink(missing_ok=True)
             return
         state = load_checkpoint_file(last, expect=self.cfg)
         self.model.load_state_dict(state["model"])
@@ -308,10 +407,11 @@ class Trainer:
         self.history = list(state["history"])
         self.start_epoch = state["epoch"]
         batches = self.folder / "batches.csv"
-        if batches.is_file():  # drop the rows of the epoch that was interrupted
+        if batches.is_file() and self.group.main:  # drop the rows of the epoch that was interrupted
             kept = pd.read_csv(batches)
             kept[kept["epoch"] < self.start_epoch].to_csv(batches, index=False)
-        log.info("resuming %s after epoch %d", self.folder.name, self.start_epoch)
+        if self.group.main:
+            log.info("resuming %s after epoch %d", self.folder.name, self.start_epoch)
 
     def _append_batches(self, rows) -> None:
         path = self.folder / "batches.csv"
@@ -322,7 +422,8 @@ class Trainer:
         best = load_checkpoint_file(self.folder / "best.pt", expect=self.cfg)
         self.ema.module.load_state_dict(best["model"])
         test_loss, test_mae = self.validate(self.split.test) if len(self.split.test) else (float("nan"),) * 2
-        self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
+        if self.group.main:
+            self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
 
     def _write_meta(self, status: str, **extra) -> None:
         meta = {"status": status, "run_id": self.folder.name, "profile": self.cfg.profile,
@@ -331,6 +432,8 @@ class Trainer:
                 "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.train_rows),
                 "size": self.faces.size,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "precision": self.cfg.train.precision, "compiled": self.compiled, "processes": self.group.world,
+                "threads_per_process": torch.get_num_threads(),
                 "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
                 "train_seconds": round(sum(r["seconds"] for r in self.history), 1), **extra}
@@ -344,6 +447,16 @@ class Trainer:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+class _NoWriter:
+    """TensorBoard's writer for the processes that do not write (all but rank 0)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
@@ -364,50 +477,3 @@ def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None and id(m.weight) in frozen:
             m.eval()
-
-
-def training_throughput(cfg: Config, faces: FaceSet, split: Split, steps: int = 40, warmup: int = 3,
-                        rounds: int = 4) -> dict:
-    """Images/s of the real training step (loading, augmentation, mixup, loss, clipping, EMA)
-    against a bare forward/backward/AdamW step of the same network on a fixed random batch.
-
-    The two are timed in alternating rounds (loop first, then bare first, ...) so that a change
-    of the machine's speed during the measurement (another process, clock scaling) falls on both
-    alike; ``spread`` is the lowest and highest ratio of single rounds."""
-    cfg = resolved(cfg)
-    trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False)  # writes nothing
-    t = cfg.train
-    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    trainer.model.train()
-
-    def real_steps(n: int):
-        for _, (x, ages, _) in zip(range(n), trainer.batches):
-            trainer._step(trainer._input(x), ages.to(trainer.device), gen, rng, 0, 0)
-
-    x = trainer._input(torch.randn(t.batch_size, 3, cfg.data.size, cfg.data.size))
-    target = torch.softmax(torch.randn(t.batch_size, cfg.model.num_classes, device=trainer.device), 1)
-
-    def bare_steps(n: int):
-        for _ in range(n):
-            loss = -(torch.log_softmax(trainer.model(x), 1) * target).sum(1).mean()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
-
-    per_round = max(1, min(steps // rounds, len(trainer.batches)))
-    real_steps(warmup)
-    bare_steps(warmup)
-    seconds = {"loop": [], "bare": []}
-    for r in range(rounds):
-        trainer.batches.set_epoch(r + 1)  # each round a new pass: together they may outnumber an epoch's batches
-        order = (("loop", real_steps), ("bare", bare_steps))
-        for name, run in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            run(per_round)
-            seconds[name].append(time.perf_counter() - start)
-    images = per_round * rounds * t.batch_size
-    rates = {name: images / sum(s) for name, s in seconds.items()}
-    round_ratios = [b / a for a, b in zip(seconds["loop"], seconds["bare"])]
-    return {**rates, "ratio": rates["loop"] / rates["bare"], "spread": (min(round_ratios), max(round_ratios)),
-            "steps": per_round * rounds, "batch_size": t.batch_size, "size": cfg.data.size,
-            "threads": torch.get_num_threads(), "backbone": cfg.model.backbone}

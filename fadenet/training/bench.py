@@ -1,0 +1,228 @@
+"""``python -m fadenet bench train``: how fast the trainer's step runs in each of its modes.
+
+Every mode is the real training step (batches from the cache, augmentation, loss, clipping,
+EMA) of a :class:`Trainer` built with that mode's settings; the modes take turns in rounds,
+each round in another order, so that a change of the machine's speed during the measurement
+(another process, clock scaling) falls on all of them alike. The trainer's default mode and the
+earlier default are also timed as a bare step (forward, backward and AdamW on one fixed batch),
+so that the table says how much of the step the loop around it costs.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data import FaceSet, Split
+from ..runtime import cpu_features, cpu_info, usable_cores
+from . import parallel
+from .trainer import Trainer, resolved
+
+# name -> settings; every mode names all of them, so none inherits the profile's choice
+_FP32 = {"train.precision": "fp32", "train.compile": "false", "train.processes": 1}
+MODES: dict[str, dict] = {
+    "eager FP32, NCHW": {**_FP32, "train.channels_last": False, "train.fused_adamw": False},
+    "channels-last (the earlier default)": {**_FP32, "train.channels_last": True, "train.fused_adamw": False},
+    "channels-last, fused AdamW": {**_FP32, "train.channels_last": True, "train.fused_adamw": True},
+    "channels-last, bf16 autocast": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
+                                     "train.precision": "bf16"},
+    "channels-last, torch.compile": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
+                                     "train.compile": "true"},
+    "channels-last, one process per core": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
+                                            "train.processes": 0},
+    "the trainer's default (auto)": {},
+}
+BARE = ("channels-last (the earlier default)", "the trainer's default (auto)")
+SLOW = 5.0  # a mode whose step (after the first two) takes this many times the first mode's: one step a round
+
+
+@dataclass
+class ModeResult:
+    name: str
+    settings: str                 # what the mode resolved to
+    rates: list[float]            # images/s of each round
+    first_seconds: float          # the first two steps (torch.compile compiles in them)
+    cpu_use: float                # CPU seconds per second of wall time during the timed rounds
+    steps: int                    # steps per round
+    bare: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return float(np.median(self.rates))
+
+
+def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] | None = None,
+                   steps: int = 6, rounds: int = 3) -> list[ModeResult]:
+    """Images/s of each mode's real training step (see the module's text), ``rounds`` rounds of
+    ``steps`` steps each."""
+    runners, results, probe = {}, {}, {}
+    try:
+        for name in modes or list(MODES):
+            mode_cfg = resolved(copy.deepcopy(cfg).override(MODES[name]))
+            runner = _runner(mode_cfg, faces, split)
+            runners[name] = runner
+            first = runner.run("loop", 2)[0]
+            results[name] = ModeResult(name, runner.describe(), [], first, 0.0, steps)
+            probe[name] = runner.run("loop", 1)[0]
+        for name, r in results.items():
+            if probe[name] > SLOW * next(iter(probe.values())):
+                r.steps = 1
+        names = list(results)
+        cpu = {name: [0.0, 0.0] for name in names}
+        for i in range(rounds):
+            order = names[i % len(names):] + names[:i % len(names)]
+            for name in order if i % 2 == 0 else order[::-1]:
+                r, runner = results[name], runners[name]
+                seconds, cpu_seconds = runner.run("loop", r.steps)
+                r.rates.append(r.steps * runner.batch_size / seconds)
+                cpu[name][0] += cpu_seconds
+                cpu[name][1] += seconds
+                if name in BARE:
+                    seconds, _ = runner.run("bare", r.steps)
+                    r.bare.append(r.steps * runner.batch_size / seconds)
+        for name in names:
+            results[name].cpu_use = cpu[name][0] / cpu[name][1]
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return list(results.values())
+
+
+def _runner(cfg: Config, faces: FaceSet, split: Split):
+    trainer_device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    n = parallel.process_count(cfg, trainer_device)
+    return _Steps(cfg, faces, split) if n == 1 else _Pool(cfg, faces, split, n)
+
+
+class _Steps:
+    """A trainer that runs n loop or bare steps on command (in this process, or in a pool worker)."""
+
+    def __init__(self, cfg: Config, faces: FaceSet, split: Split, group: parallel.Group | None = None):
+        self.group = group or parallel.Group()
+        torch.set_num_threads(parallel.threads_per_process(cfg, self.group.world))
+        self.trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False,
+                               group=self.group)  # writes nothing
+        self.trainer.model.train()
+        self.batch_size = cfg.train.batch_size
+        self._epoch, self._batches = 0, iter(())
+        self.gen, self.rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+        share = cfg.train.batch_size // self.group.world
+        self.x = self.trainer._input(torch.randn(share, 3, cfg.data.size, cfg.data.size))
+        self.target = torch.softmax(torch.randn(share, cfg.model.num_classes, device=self.trainer.device), 1)
+
+    def describe(self) -> str:
+        t = self.trainer
+        parts = ["channels-last" if t.memory_format == torch.channels_last else "NCHW", t.cfg.train.precision,
+                 "fused AdamW" if t.cfg.train.fused_adamw else "AdamW", "compiled" if t.compiled else "eager",
+                 f"{self.group.world} x {torch.get_num_threads()} threads"]
+        return ", ".join(parts)
+
+    def run(self, kind: str, n: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) of n steps."""
+        self.group.barrier()
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            self._loop_step() if kind == "loop" else self._bare_step()
+        self.group.barrier()
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    def _next_batch(self):
+        for _ in range(2):
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._epoch += 1
+                self.trainer.batches.set_epoch(self._epoch)
+                self._batches = iter(self.trainer.batches)
+        raise RuntimeError("the training split has fewer faces than one batch")
+
+    def _loop_step(self) -> None:
+        x, ages, _ = self._next_batch()
+        t = self.trainer
+        t._step(t._input(x), ages.to(t.device), self.gen, self.rng, 0, 0)
+
+    def _bare_step(self) -> None:
+        t = self.trainer
+        with torch.autocast(t.device.type, dtype=t.autocast_dtype or torch.float32,
+                            enabled=t.autocast_dtype is not None):
+            logits = t._forward(self.x)
+        loss = -(F.log_softmax(logits.float(), 1) * self.target).sum(1).mean()
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+
+    def close(self) -> None:
+        pass
+
+
+class _Pool:
+    """``_Steps`` in n data-parallel processes; ``run`` returns the wall time seen from here and
+    the CPU time of all of them."""
+
+    def __init__(self, cfg: Config, faces: FaceSet, split: Split, n: int):
+        self.batch_size = cfg.train.batch_size
+        self._tmp = tempfile.TemporaryDirectory(prefix="fadenet-bench-")
+        ctx = mp.get_context("spawn")
+        pipes = [ctx.Pipe() for _ in range(n)]
+        self.conns = [here for here, _ in pipes]
+        self.context = parallel.start(_pool_worker, n, Path(self._tmp.name), cfg, faces, split,
+                                      [there for _, there in pipes])
+        self.description = self._receive()[0]
+
+    def _receive(self) -> list:
+        return [conn.recv() for conn in self.conns]
+
+    def describe(self) -> str:
+        return self.description
+
+    def run(self, kind: str, n: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        for conn in self.conns:
+            conn.send((kind, n))
+        replies = self._receive()
+        return time.perf_counter() - start, sum(cpu for _, cpu in replies)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        while not self.context.join():
+            pass
+        self._tmp.cleanup()
+
+
+def _pool_worker(cfg: Config, faces: FaceSet, split: Split, conns: list) -> None:
+    steps = _Steps(cfg, faces, split, parallel.current_group())
+    conn = conns[steps.group.rank]
+    conn.send(steps.describe())
+    while (command := conn.recv()) is not None:
+        conn.send(steps.run(*command))
+
+
+COMPARED = ["channels-last (the earlier default)", "the trainer's default (auto)"]  # chapter 03's table
+
+
+def modes_frame(results: list[ModeResult]) -> pd.DataFrame:
+    """One row per mode: median images/s of the rounds (their range), the ratio to the first
+    mode, CPU cores kept busy, the first two steps' seconds (compiling) and the loop's share of
+    its bare step's rate."""
+    base = results[0].rate
+    rows = [{"mode": r.name, "resolved to": r.settings,
+             "images/s": f"{r.rate:.1f} ({min(r.rates):.1f}-{max(r.rates):.1f})"
+                         + (", 1 step a round" if r.steps == 1 else ""),
+             "vs first": f"{r.rate / base:.2f}x", "CPU cores busy": round(r.cpu_use, 2),
+             "first 2 steps, s": round(r.first_seconds, 1),
+             "loop / bare step": f"{r.rate / float(np.median(r.bare)):.1%}" if r.bare else ""} for r in results]
+    return pd.DataFrame(rows)
+
+
+def machine_text() -> str:
+    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores"
