@@ -290,7 +290,13 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from :meth:`Config.to_dict` output (e.g. stored in a checkpoint)."""
     d = dict(d)
     cfg = Config(profile=d.pop("profile", "quick"))
-    return cfg.override(_flatten(d))
+    flat = {k: v for k, v in _flatten(d).items() if k not in RETIRED_KEYS}
+    return cfg.override(flat)
+
+
+# Keys of older versions, ignored when a saved config is read: train.amp (mixed precision on CUDA)
+# became train.precision.
+RETIRED_KEYS = {"train.amp"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

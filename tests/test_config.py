@@ -221,3 +221,11 @@ def test_saved_config_has_ordinary_permissions(tmp_path):
     os.umask(umask)
     load_config("smoke").save(tmp_path / "config.yaml")
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_config_saved_by_an_older_version_still_loads():
+    saved = load_config("quick").to_dict()
+    saved["train"]["amp"] = True          # the key train.precision replaced
+    del saved["train"]["precision"]
+    cfg = config_from_dict(saved)
+    assert cfg.train.precision == "auto" and cfg.train.epochs == 10

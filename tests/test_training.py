@@ -309,3 +309,26 @@ def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_tor
     assert after < before - 2.0, (before, after)
     assert after < median_predictor, (after, median_predictor)
     assert math.isfinite(run.history["val_mae"].iloc[-1])
+
+
+# ---- the paper profile ------------------------------------------------------------------------
+
+def test_the_paper_profile_without_afad_is_one_clear_error(tmp_path):
+    from fadenet.config import load_config
+    from fadenet.data.sources import DatasetError
+    cfg = load_config("paper", f"data.root={tmp_path}", f"data.cache_dir={tmp_path}/cache", f"runs_dir={tmp_path}/runs")
+    with pytest.raises(DatasetError, match=f"afad dataset not found: {tmp_path / 'AFAD-Full'} does not exist"):
+        train(cfg, progress=False)
+
+
+def test_the_paper_profile_trains_end_to_end_on_an_afad_layout_folder(tmp_path, image_writer):
+    from fadenet.config import load_config
+    base = tmp_path / "AFAD-Full"
+    for i in range(50):
+        image_writer(base / f"{15 + i % 40}/{'111' if i % 2 else '112'}/{i}.jpg", (5 * i, 100, 250 - 4 * i), size=40)
+    cfg = load_config("paper", f"data.root={tmp_path}", f"data.cache_dir={tmp_path}/cache", f"runs_dir={tmp_path}/runs",
+                      "data.size=32", "train.epochs=1", "train.batch_size=16", "model.pretrained=none")
+    run = train(cfg, progress=False)
+    assert run.meta["status"] == "finished" and run.meta["source"] == "afad" and run.meta["trained_on"] == 40
+    assert len(pd.read_csv(run.folder / "batches.csv")) == 2  # 40 training faces, batches of 16, the last partial dropped
+    assert math.isfinite(run.meta["test_mae"])
