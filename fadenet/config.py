@@ -100,7 +100,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"       # fp32 | bf16 | fp16 (CUDA) | auto: bf16 where the device computes it natively, else fp32
     compile: str = "auto"         # true | false | auto: torch.compile on CUDA only (measured slower on CPU, fadenet bench train)
-    processes: int = 0            # data-parallel processes; 0 = auto (CPU: one per core, each >= 16 images of the batch)
+    processes: int = 0            # data-parallel processes on this machine; 0 = auto = 1 (torchrun sets its own)
     fused_adamw: bool = True      # AdamW's fused kernel: the same update in one pass over the parameters
     seed: int = 42
     device: str = "auto"          # auto | cpu | cuda

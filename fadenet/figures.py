@@ -90,6 +90,7 @@ def _cell(v) -> str:
 # are skipped, so the section grows as chapters are run).
 RESULT_TABLES = [
     ("03_training_results", "Training (notebook 03)"),
+    ("03_training_speed", "Training speed (notebook 03)"),
     ("04_ablation", "Ablation (notebook 04)"),
     ("05_seed_table", "Seeds, test-time augmentation and the ensemble (notebook 05)"),
     ("05_chapter03_tta", "Test-time augmentation of chapter 03's model (notebook 05)"),
@@ -99,6 +100,7 @@ RESULT_TABLES = [
     ("07_speed", "Speed (notebook 07)"),
     ("07_int8", "INT8 against FP32, trained network (notebook 07)"),
     ("07_targets", "Speed and INT8 targets (notebook 07)"),
+    ("bench_train", "Training modes (python -m fadenet bench train)"),
 ]
 class ReportError(RuntimeError):
     """README cannot take the generated results; the message says why."""

@@ -173,13 +173,12 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_one_clear_error(cfg
         train(cfg, progress=False)
 
 
-def test_auto_gives_each_process_at_least_sixteen_images(cfg_factory, monkeypatch):
+def test_auto_is_one_process_and_the_threads_share_the_cores(cfg_factory, monkeypatch):
     monkeypatch.setattr(parallel, "usable_cores", lambda: 8)
-    cpu = torch.device("cpu")
-    assert parallel.process_count(cfg_factory("train.processes=0", "train.batch_size=32"), cpu) == 2
-    assert parallel.process_count(cfg_factory("train.processes=0", "train.batch_size=128"), cpu) == 8
-    assert parallel.process_count(cfg_factory("train.processes=0", "train.batch_size=8"), cpu) == 1
+    assert parallel.process_count(cfg_factory("train.processes=0")) == 1
+    assert parallel.process_count(cfg_factory("train.processes=4", "train.batch_size=32")) == 4
     assert parallel.threads_per_process(cfg_factory("train.threads=0"), 2) == 4
+    assert parallel.threads_per_process(cfg_factory("train.threads=3"), 2) == 3
 
 
 # ---- precision and compilation ----------------------------------------------------------------

@@ -161,8 +161,8 @@ def test_training_benchmark_times_each_mode_in_rounds_and_leaves_no_run(cfg_fact
     nchw, channels_last, per_core = results
     assert nchw.settings.startswith("NCHW, fp32, AdamW, eager, 1 x")
     assert channels_last.settings.startswith("channels-last, fp32, AdamW, eager, 1 x")
-    n = max(1, min(usable_cores(), 32 // 16))  # one process per core, each at least 16 of the batch's 32
-    assert per_core.settings.endswith(f", {n} x {max(1, usable_cores() // n)} threads")
+    n = max(k for k in range(1, usable_cores() + 1) if 32 % k == 0)  # one process per core that 32 divides among
+    assert per_core.settings.endswith(f", {n} x 1 threads")
     assert all(len(r.rates) == 3 for r in results)
     assert len(channels_last.bare) == 3 and not nchw.bare  # bare steps for the modes in BARE only
     table = modes_frame(results)

@@ -38,7 +38,7 @@ MODES: dict[str, dict] = {
     "channels-last, torch.compile": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
                                      "train.compile": "true"},
     "channels-last, one process per core": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
-                                            "train.processes": 0},
+                                            "train.processes": "cores", "train.threads": 1},
     "the trainer's default (auto)": {},
 }
 BARE = ("channels-last (the earlier default)", "the trainer's default (auto)")
@@ -67,7 +67,7 @@ def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] |
     runners, results, probe = {}, {}, {}
     try:
         for name in modes or list(MODES):
-            mode_cfg = resolved(copy.deepcopy(cfg).override(MODES[name]))
+            mode_cfg = resolved(copy.deepcopy(cfg).override(_settings(MODES[name], cfg)))
             runner = _runner(mode_cfg, faces, split)
             runners[name] = runner
             first = runner.run("loop", 2)[0]
@@ -97,9 +97,17 @@ def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] |
     return list(results.values())
 
 
+def _settings(mode: dict, cfg: Config) -> dict:
+    """The mode's overrides, with "cores" processes made the most processes, at most one per
+    core, that the batch divides among."""
+    if mode.get("train.processes") != "cores":
+        return mode
+    n = max(k for k in range(1, usable_cores() + 1) if cfg.train.batch_size % k == 0)
+    return {**mode, "train.processes": n}
+
+
 def _runner(cfg: Config, faces: FaceSet, split: Split):
-    trainer_device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
-    n = parallel.process_count(cfg, trainer_device)
+    n = parallel.process_count(cfg)
     return _Steps(cfg, faces, split) if n == 1 else _Pool(cfg, faces, split, n)
 
 

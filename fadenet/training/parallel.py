@@ -4,8 +4,8 @@ gradients averaged by DistributedDataParallel after every backward pass.
 Two ways in, one code path:
 - ``torchrun --nproc_per_node=N -m fadenet train ...`` starts the processes itself (GPUs: one
   per process, NCCL; CPU: gloo);
-- ``train.processes`` > 1 (or ``auto`` on a multi-core CPU) makes :func:`fadenet.training.train`
-  spawn them, so notebooks and ``python -m fadenet train`` use every core.
+- ``train.processes=N`` makes :func:`fadenet.training.train` spawn them on this machine, from a
+  notebook or ``python -m fadenet train`` alike.
 
 The global batch is ``train.batch_size``: each of N processes takes a disjoint 1/N of every
 batch, so the learning rate means the same for any N. BatchNorm normalises each process's share
@@ -31,19 +31,16 @@ from ..runtime import usable_cores
 
 # Rank 0 may build the preprocessing cache while the others wait at a barrier: hours for AFAD-Full.
 SETUP_TIMEOUT = datetime.timedelta(hours=3)
-MIN_SHARE = 16  # images of the global batch per process, below which BatchNorm statistics get noisy
 
 
-def process_count(cfg: Config, device: torch.device) -> int:
-    """Processes to train with: ``train.processes``, or for 0 (auto) one per core on a CPU
-    (while each gets at least MIN_SHARE images of the batch) and one on a GPU (torchrun
-    starts one per GPU)."""
-    t = cfg.train
-    n = t.processes
-    if n == 0:
-        n = 1 if device.type == "cuda" else max(1, min(usable_cores(), t.batch_size // MIN_SHARE))
-    if t.batch_size % n:
-        raise ConfigError(f"train.batch_size={t.batch_size} must divide evenly among train.processes={n}")
+def process_count(cfg: Config) -> int:
+    """Processes to train with: ``train.processes``, where 0 (auto) is one. On a 2-core AVX2 CPU
+    one process of two threads trained as fast as two of one thread (``fadenet bench train``),
+    and one process keeps BatchNorm's statistics over the whole batch; on GPUs torchrun starts
+    one process per GPU."""
+    n = cfg.train.processes or 1
+    if cfg.train.batch_size % n:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must divide evenly among train.processes={n}")
     return n
 
 

@@ -122,7 +122,7 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
     split = split or load_split(faces, cfg)
     if group.main:
         group.barrier()
-    processes = group.world if group.world > 1 else parallel.process_count(cfg, training_device(cfg))
+    processes = group.world if group.world > 1 else parallel.process_count(cfg)
     if processes > 1 and group.world == 1:
         try:
             parallel.spawn(_train_in_group, processes, cfg, faces, split, folder, progress)
