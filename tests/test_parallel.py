@@ -288,3 +288,16 @@ def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_pat
     probs = predictor.predict_crops(faces.images[test])
     ages = probs @ np.arange(probs.shape[1])
     assert np.abs(ages - faces.ages[test]).mean() == pytest.approx(run.meta["test_mae"], abs=1e-3)
+
+
+def test_prediction_in_bf16_is_close_to_fp32_and_really_in_bf16():
+    from fadenet.evaluation.predict import predict_probs
+    model = TinyNet().eval()
+    with torch.no_grad():
+        model.head[0].weight.mul_(20)   # a peaked distribution, so that rounding shows
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    fp32 = predict_probs(model, images, np.arange(4))
+    bf16 = predict_probs(model, images, np.arange(4), precision="bf16")
+    ages = np.arange(81)
+    assert not np.array_equal(fp32, bf16)                             # autocast was on
+    assert np.abs(fp32 @ ages - bf16 @ ages).max() < 0.5              # expected ages within half a year

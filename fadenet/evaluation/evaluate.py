@@ -15,6 +15,7 @@ from ..data import load_split, prepare
 from ..figures import SOURCE_NAMES
 from ..io import atomic_path
 from ..training import CheckpointError, load_model
+from ..training.trainer import auto_precision
 from .metrics import predictions_table, summary
 from .predict import predict_probs
 
@@ -84,7 +85,8 @@ def evaluate(checkpoints: list[str | Path], tta: str = "none", source: str | Non
     else:
         split = load_split(faces, cfg)
         rows, protocol = split.part(part), split.protocol
-    probs = predict_probs(models, faces.images, rows, tta, trained_cfg.eval.scales, batch_size, device, progress)
+    probs = predict_probs(models, faces.images, rows, tta, trained_cfg.eval.scales, batch_size, device, progress,
+                          precision=auto_precision(torch.device(device)))
     table = predictions_table(probs, faces.ages[rows], faces.table["path"].to_numpy()[rows])
     return Evaluation(table, probs, faces.source, trained_on, part, protocol, tta, [str(c) for c in checkpoints])
 

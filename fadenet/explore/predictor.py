@@ -16,12 +16,14 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from ..data import faces
 from ..evaluation.predict import predict_probs
 from ..model import AgeNet
 from ..training import load_model
+from ..training.trainer import auto_precision
 
 Box = tuple[float, float, float]  # centre x, centre y, side of a square crop, in image pixels
 
@@ -120,7 +122,8 @@ class AgePredictor:
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Distributions (N, K) of uint8 face crops (N, S, S, 3)."""
-        return predict_probs(self.model, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size)
+        return predict_probs(self.model, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size,
+                             precision=auto_precision(torch.device("cpu")))
 
     def predict_image(self, rgb: np.ndarray, whole_image: bool = False) -> list[FacePrediction]:
         """One prediction per face found, largest first. With none found: nothing, or with
