@@ -144,6 +144,24 @@ def test_a_killed_two_process_run_resumes_and_ends_like_an_uninterrupted_one(cfg
                                   rtol=1e-4)
 
 
+def test_a_checkpoint_of_one_process_resumes_in_two(cfg_factory, tmp_path, monkeypatch):
+    whole = _deterministic_cfg(cfg_factory, tmp_path, "whole", "train.epochs=3")
+    cut = _deterministic_cfg(cfg_factory, tmp_path, "cut", "train.epochs=3")
+    _fit_alone(whole, monkeypatch)
+    real_step = Trainer._step
+
+    def step_then_die(self, x, ages, gen, rng, epoch, b):
+        if (epoch, b) == (1, 2):
+            raise KeyboardInterrupt
+        return real_step(self, x, ages, gen, rng, epoch, b)
+    monkeypatch.setattr(Trainer, "_step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_alone(cut, monkeypatch)
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    parallel.spawn(_fit_in_group, 2, cut)  # epochs 2 and 3 in two processes
+    _assert_same_weights(run_folder(whole) / "last.pt", run_folder(cut) / "last.pt")
+
+
 def test_a_checkpoint_of_two_processes_resumes_in_one(cfg_factory, tmp_path, monkeypatch):
     whole = _deterministic_cfg(cfg_factory, tmp_path, "whole", "train.epochs=3")
     cut = _deterministic_cfg(cfg_factory, tmp_path, "cut", "train.epochs=3")
