@@ -132,7 +132,8 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
                 raise TrainingDiverged(run.meta["error"]) from None
             raise
         return load_run(folder)
-    torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
+    if cfg.train.threads or group.world > 1:  # else torch's own default (a thread per core) stands
+        torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
     return Trainer(cfg, faces, split, folder, progress, group).fit()
 
 
