@@ -36,7 +36,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "+spp": {**_PLAIN, "model.spp": True},
     "+dldl_v2": {**_PLAIN, "loss.dldl_v2": True},
     "fadenet": dict(PAPER),
-    # MobileNetV2's are the only ImageNet weights available offline here (SPEC 9); whether they
+    # MobileNetV2's may be the only ImageNet weights a machine without a network holds; whether they
     # are used follows the profile's model.pretrained (auto: when they can be loaded, loudly not).
     # The pair measures all four ideas at once on a backbone that starts from ImageNet there.
     "baseline_mbv2": {**_PLAIN, "model.backbone": "mobilenet_v2"},
@@ -213,7 +213,7 @@ def feature_shape_table(cfg_model: ModelConfig, size: int) -> pd.DataFrame:
 
 
 def backbone_choice(cfg_model: ModelConfig) -> str:
-    """Which backbone ``cfg_model`` resolves to, and why (SPEC 8 and 9)."""
+    """Which backbone ``cfg_model`` resolves to, and why."""
     chosen = resolve_backbone(cfg_model)
     if cfg_model.backbone != "auto":
         return f"model.backbone={chosen} is set explicitly; nothing is chosen automatically."

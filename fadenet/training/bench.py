@@ -116,8 +116,7 @@ class _Steps:
 
     def __init__(self, cfg: Config, faces: FaceSet, split: Split, group: parallel.Group | None = None):
         self.group = group or parallel.Group()
-        if cfg.train.threads or self.group.world > 1:
-            torch.set_num_threads(parallel.threads_per_process(cfg, self.group.world))
+        parallel.use_threads(cfg, self.group.world)
         self.trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False,
                                group=self.group)  # writes nothing
         self.trainer.model.train()

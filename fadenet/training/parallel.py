@@ -48,6 +48,13 @@ def threads_per_process(cfg: Config, processes: int) -> int:
     return cfg.train.threads or max(1, usable_cores() // processes)
 
 
+def use_threads(cfg: Config, processes: int) -> None:
+    """Torch's thread count for one of ``processes``: ``train.threads`` when given, a share of the
+    cores for several processes; else torch's own default (a thread per core) stands."""
+    if cfg.train.threads or processes > 1:
+        torch.set_num_threads(threads_per_process(cfg, processes))
+
+
 @dataclass
 class Group:
     """This process's place among the training processes; with one process every method is a

@@ -18,7 +18,7 @@ PLOTS = ("loss", "mae", "lr", "gap", "stability", "time", "batch_loss_distributi
 
 
 def recipe_table(cfg: Config, run: Run) -> pd.DataFrame:
-    """What the run did, next to the paper's recipe (SPEC section 6) where they differ."""
+    """What the run did, next to the paper's recipe where they differ."""
     t, m = cfg.train, run.meta
     paper = Config().train
     rows = [

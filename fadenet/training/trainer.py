@@ -1,4 +1,4 @@
-"""The training recipe (SPEC section 6) as one resumable run.
+"""The paper's training recipe as one resumable run.
 
 A run lives in ``runs/<run id>/``, the id naming everything in the resolved config that affects
 the result, so the same config finds its finished run again instead of training twice. It holds
@@ -132,14 +132,13 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
                 raise TrainingDiverged(run.meta["error"]) from None
             raise
         return load_run(folder)
-    if cfg.train.threads or group.world > 1:  # else torch's own default (a thread per core) stands
-        torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
+    parallel.use_threads(cfg, group.world)
     return Trainer(cfg, faces, split, folder, progress, group).fit()
 
 
 def _train_in_group(cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool) -> None:
     group = parallel.current_group()
-    torch.set_num_threads(parallel.threads_per_process(cfg, group.world))
+    parallel.use_threads(cfg, group.world)
     Trainer(cfg, faces, split, folder, progress and group.main, group).fit()
 
 
@@ -200,6 +199,7 @@ class Trainer:
         if self.group.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.compiled = t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda")
+        self._compile_checked = False
         if self.compiled:
             self.net = torch.compile(self.net)
         k = cfg.model.num_classes
@@ -338,7 +338,7 @@ class Trainer:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output; where torch.compile fails (its first call compiles), one
         warning and the step goes on uncompiled."""
-        if not self.compiled or getattr(self, "_compile_checked", False):
+        if not self.compiled or self._compile_checked:
             return self.net(x)
         self._compile_checked = True
         try:
