@@ -12,12 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import EVAL_PARTS, SOURCES, TTA_MODES, ConfigError, load_config, profiles
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=["smoke", "quick", "paper"], default=None,
-                   help="named profile (default: $FADENET_PROFILE, else quick)")
+    p.add_argument("--profile", choices=profiles(), default=None,
+                   help="named profile, a recipe file configs/<name>.yaml (default: $FADENET_PROFILE, else quick)")
     p.add_argument("--config", type=Path, default=None, help="YAML file of overrides")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
 
@@ -76,15 +76,18 @@ def cmd_bench(args) -> None:
     faces = prepare(cfg)
     split = load_split(faces, cfg)
     if args.what == "data":
-        from .data.report import loader_rate
-        rate = loader_rate(faces, split.train, batch_size=batch)
-        print(f"training input pipeline: {rate:,.0f} augmented images/s "
-              f"({faces.source}, {faces.size}px, batch {batch}, {torch.get_num_threads()} torch threads)")
+        from .data.bench import loader_rate
+        from .training.trainer import training_device
+        device = training_device(cfg)
+        rate = loader_rate(faces, split.train, batch_size=batch, device=device)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
+        print(f"training input pipeline: {rate:,.0f} augmented images/s on {device.type} "
+              f"({faces.source}, {faces.size}px, batch {batch}, {where})")
     elif args.what == "train":
         from .figures import markdown_table, save_table
-        from .training.bench import MODES, machine_text, modes_frame, training_modes
+        from .training.bench import device_modes, machine_text, modes_frame, training_modes
         from .training.trainer import resolved
-        modes = [m for m in MODES if not args.modes or any(w in m for w in args.modes)]
+        modes = device_modes(cfg, args.modes)
         table = modes_frame(training_modes(cfg, faces, split, modes, steps=args.steps, rounds=args.rounds))
         caption = (f"{machine_text()}; {cfg.model.arch} on {resolved(cfg).model.backbone}, {faces.source}, "
                    f"{cfg.data.size}px, global batch {cfg.train.batch_size}, profile {cfg.profile}; "
@@ -100,12 +103,12 @@ def cmd_bench_speed(args) -> None:
     from .deploy.report import save_speed_tables, targets, throughput_table
     from .figures import markdown_table, provenance
     cfg = _config(args)
-    chosen = {"eval.bench_models": ",".join(args.models or []), "eval.bench_batches": args.batch,
-              "eval.bench_threads": args.threads, "eval.bench_size": args.size}
+    chosen = {"bench.models": ",".join(args.models or []), "bench.batches": args.batch,
+              "bench.threads": args.threads, "bench.size": args.size}
     cfg.override({key: value for key, value in chosen.items() if value})
     faces = prepare(cfg)
     table = speed_table(cfg, faces, load_split(faces, cfg), backends=args.backends)
-    caption = (f"{hardware_text(cfg.eval.bench_threads, cfg.eval.bench_size)}; inputs and INT8 calibration: "
+    caption = (f"{hardware_text(cfg.bench.threads, cfg.bench.size)}; inputs and INT8 calibration: "
                f"{provenance(cfg, faces.source, len(faces))}")
     path = save_speed_tables(table, "bench_speed", cfg, caption)
     print(markdown_table(throughput_table(table)))
@@ -146,11 +149,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from .model import build_model, format_summary
+    from .model import build_model, format_summary, resolve_backbone
     cfg = _config(args)
+    cfg.model.backbone = resolve_backbone(cfg.model)  # as training chooses it
     cfg.model.pretrained = "none"  # the summary is about shapes and sizes, not weights
-    if cfg.model.backbone == "auto":
-        cfg.model.backbone = "mobilenet_v3_large"
     print(format_summary(build_model(cfg.model), size=args.size))
 
 
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, help="notebook numbers or names, e.g. 01 03")
     p.add_argument("--inplace", action="store_true",
                    help="also write executed notebooks back into notebooks/ (refreshes committed outputs)")
-    p.add_argument("--profile", choices=["smoke", "quick", "paper"], default=None)
+    p.add_argument("--profile", choices=profiles(), default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_reproduce)
 
@@ -185,19 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speed: inference latency and throughput of the networks on each back-end")
     p.add_argument("--batch", type=_int_list, default=None,
                    help="batch size of the data benchmark (default 64); comma-separated sizes of the "
-                        "speed benchmark (default eval.bench_batches, 1,32)")
+                        "speed benchmark (default bench.batches, 1,32)")
     p.add_argument("--steps", type=int, default=6, help="train: timed steps of each mode in each round")
     p.add_argument("--rounds", type=int, default=3, help="train: rounds (the modes take turns, each round in another order)")
     p.add_argument("--modes", nargs="+", default=None, metavar="WORD",
                    help="train: time only the modes whose names contain one of these words (e.g. compile default)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                   help="speed: networks to time (default eval.bench_models=all: FADE-Net, its variants, "
+                   help="speed: networks to time (default bench.models=all: FADE-Net, its variants, "
                         "the backbone baselines and torchvision mobilenet_v3_large)")
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help="speed: eager channels_last compile ort_fp32 ort_int8 (and cuda cuda_amp "
                         "cuda_graphs with a GPU; default all)")
-    p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default eval.bench_threads, 2)")
-    p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default eval.bench_size, 224)")
+    p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default bench.threads, 2)")
+    p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default bench.size, 224)")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -214,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="MAE and CS@5 of a checkpoint or an ensemble, in- or cross-dataset")
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
                    help="a checkpoint (best.pt); repeat to average an ensemble's distributions")
-    p.add_argument("--tta", choices=["none", "flip", "multi"], default="none")
-    p.add_argument("--dataset", choices=["afad", "afad_lite", "aaf", "utkface", "synthetic"], default=None,
+    p.add_argument("--tta", choices=TTA_MODES, default="none")
+    p.add_argument("--dataset", choices=[s for s in SOURCES if s != "auto"], default=None,
                    help="evaluate on this dataset (default: the one trained on); another one is "
                         "cross-dataset and all its faces count as test")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $FADENET_DATA_ROOT)")
-    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    p.add_argument("--split", choices=EVAL_PARTS, default="test")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--out", type=Path, default=None, help="predictions CSV (default: beside the checkpoint)")
     p.set_defaults(func=cmd_evaluate)
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video file, or a camera index such as 0")
     p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
-    p.add_argument("--tta", choices=["none", "flip", "multi"], default="none")
+    p.add_argument("--tta", choices=TTA_MODES, default="none")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="the CSV (annotated videos are written beside it)")
     p.add_argument("--every", type=float, default=1.0, help="seconds between the analysed frames of a video")

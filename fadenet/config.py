@@ -1,9 +1,13 @@
 """One typed configuration that reaches every stage of the workbook.
 
-A run is described by a :class:`Config`: a named profile (``smoke``, ``quick``, ``paper``)
-sets the defaults, an optional YAML file and ``key=value`` overrides change them, and the
-resolved result is saved next to the run's results. Keys are written ``section.field``
-(``train.epochs=3``) or, where the field name is unique, just ``field`` (``epochs=3``).
+A run is described by a :class:`Config`: a named profile (a recipe file ``configs/<name>.yaml``:
+``smoke``, ``quick``, ``reference``, ``paper``) sets the defaults, an optional YAML file and
+``key=value`` overrides change them, and the resolved result is saved next to the run's results.
+Keys are written ``section.field`` (``train.epochs=3``) or, where the field name is unique, just
+``field`` (``epochs=3``). The defaults below are the paper's recipe.
+
+Fields made with :func:`not_result` change how fast or where a run goes, not what it learns;
+everything else is part of a training run's identity (:meth:`Config.run_id`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from .io import shown_path
+
 # The project folder when the package is installed in development mode (the supported way);
 # FADENET_HOME moves it, e.g. for an installed package used from another folder.
 ROOT = Path(os.environ.get("FADENET_HOME") or Path(__file__).resolve().parents[1])
@@ -31,10 +37,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE = ("auto", "true", "false")
 TTA_MODES = ("none", "flip", "multi")
 CROPS = ("auto", "face", "none")
+EVAL_PARTS = ("test", "val", "train", "all")  # what `evaluate` predicts: a part of the split, or every face
+
+
+CONFIGS = ROOT / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names it."""
+
+
+def not_result(default: Any):
+    """A field that does not change a training run's result (left out of its identity)."""
+    return field(default=default, metadata={"result": False})
 
 
 @dataclass
@@ -48,8 +63,8 @@ class DataConfig:
     subset: int = 0               # 0 = every image; N = a fixed age-stratified subset of N images
     synthetic_count: int = 2000   # images in the synthetic set
     seed: int = 42                # seed of splits and subsets (not of training)
-    cache_dir: str = "data/cache"  # preprocessing cache, relative to the project folder
-    workers: int = 2              # processes that decode images during preprocessing
+    cache_dir: str = not_result("data/cache")  # preprocessing cache, relative to the project folder
+    workers: int = not_result(2)  # processes that decode images during preprocessing
 
 
 @dataclass
@@ -98,42 +113,53 @@ class TrainConfig:
     mixup_prob: float = 0.5       # share of batches that are mixed
     ema_decay: float = 0.999
     grad_clip: float = 1.0
-    precision: str = "auto"       # fp32 | bf16 | fp16 (CUDA) | auto: bf16 where the device computes it natively, else fp32
-    compile: str = "auto"         # true | false | auto: torch.compile on CUDA only (measured slower on CPU, fadenet bench train)
-    processes: int = 0            # data-parallel processes on this machine; 0 = auto = 1 (torchrun sets its own)
-    fused_adamw: bool = True      # AdamW's fused kernel: the same update in one pass over the parameters
+    precision: str = "auto"       # fp32 | bf16 | fp16 (CUDA) | auto: bf16 on GPUs and on CPUs with AMX, else fp32
+    # the next six are the same maths up to the order of sums (and BatchNorm statistics shared
+    # across processes): another speed, not another result
+    compile: str = not_result("auto")  # true | false | auto: torch.compile on CUDA only (slower on the CPUs measured)
+    processes: int = not_result(0)  # data-parallel processes on this machine; 0 = auto = 1 (torchrun sets its own)
+    fused_adamw: bool = not_result(True)  # AdamW's fused kernel: the same update in one pass over the parameters
+    sync_bn: bool = not_result(False)  # several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    threads: int = not_result(0)  # torch CPU threads; 0 = torch's default
+    channels_last: bool = not_result(True)  # NHWC memory layout: same numbers, faster convolutions on CPU
     seed: int = 42
-    device: str = "auto"          # auto | cpu | cuda
-    threads: int = 0              # torch CPU threads; 0 = torch's default
-    channels_last: bool = True    # NHWC memory layout: same numbers, ~35% faster training on CPU
+    device: str = not_result("auto")  # auto | cpu | cuda
     max_minutes: float = 0.0      # stop after this many minutes of training (0 = no limit)
 
 
 @dataclass
 class EvalConfig:
-    tta: str = "none"             # none | flip | multi
-    scales: tuple[float, ...] = (0.9, 1.0, 1.1)
-    seeds: tuple[int, ...] = (42, 1337)
-    ablation_budget: float = 1.0  # share of the training split each ablation run learns from
-    bench_repeats: int = 50       # speed benchmark (notebook 07): timed calls of each network, back-end and batch
-    bench_seconds: float = 120.0  # ... its timed rounds stop early once this much time per batch size is spent
-    bench_size: int = 224         # ... input size in pixels (the paper's)
-    bench_batches: tuple[int, ...] = (1, 32)
-    bench_threads: int = 2        # ... CPU threads of every back-end (torch and ONNX Runtime)
-    bench_models: str = "all"     # ... comma-separated names of fadenet.deploy.speed.bench_models(), or all
-    bench_compile_seconds: float = 600.0  # ... torch.compile is tried until this much compiling is spent; 0 = never
+    """How chapters 04-08 evaluate trained runs (a training run's result does not depend on it)."""
+    tta: str = not_result("none")  # none | flip | multi
+    scales: tuple[float, ...] = not_result((0.9, 1.0, 1.1))
+    seeds: tuple[int, ...] = not_result((42, 1337))
+    ablation_budget: float = not_result(1.0)  # share of the training split each ablation run learns from
+    kfold: bool = not_result(True)  # chapter 05 also trains FADE-Net on the 5 kfold rotations
+
+
+@dataclass
+class BenchConfig:
+    """The inference speed benchmark (chapter 07, ``fadenet bench speed``)."""
+    repeats: int = not_result(50)  # timed calls of each network, back-end and batch
+    seconds: float = not_result(120.0)  # timed rounds stop early once this much time per batch size is spent
+    size: int = not_result(224)   # input size in pixels (the paper's)
+    batches: tuple[int, ...] = not_result((1, 32))
+    threads: int = not_result(2)  # CPU threads of every back-end (torch and ONNX Runtime)
+    models: str = not_result("all")  # comma-separated names of fadenet.deploy.speed.bench_models(), or all
+    compile_seconds: float = not_result(600.0)  # torch.compile is tried until this much compiling is spent; 0 = never
 
 
 @dataclass
 class Config:
-    profile: str = "quick"
-    runs_dir: str = "runs"
-    figures_dir: str = "figures"  # where notebooks save figures and tables
+    profile: str = not_result("quick")  # named in the run id itself
+    runs_dir: str = not_result("runs")
+    figures_dir: str = not_result("figures")  # where notebooks save figures and tables
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     # ---- derived values -------------------------------------------------------------
     def path(self, value: str) -> Path:
@@ -144,6 +170,12 @@ class Config:
     @property
     def data_root(self) -> Path:
         return self.path(self.data.root or os.environ.get("FADENET_DATA_ROOT") or "data")
+
+    def shown(self, path: str | Path) -> str:
+        """``path`` relative to the project folder, or to the data root (named by the key or
+        variable that set it), for printed output."""
+        root_label = "$FADENET_DATA_ROOT" if not self.data.root and os.environ.get("FADENET_DATA_ROOT") else "<data.root>"
+        return shown_path(path, [("", ROOT), (root_label, self.data_root)])
 
     @property
     def cache_dir(self) -> Path:
@@ -160,20 +192,24 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that change a training run's result (see :func:`not_result`), by section."""
+        def kept(obj) -> dict[str, Any]:
+            out = {}
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                if dataclasses.is_dataclass(value):
+                    value = kept(value)
+                    if value:
+                        out[f.name] = value
+                elif f.metadata.get("result", True):
+                    out[f.name] = value
+            return out
+        return json.loads(json.dumps(kept(self)))
+
     def run_id(self) -> str:
         """A name that identifies a training run by everything that affects its result."""
-        d = self.to_dict()
-        d.pop("runs_dir")
-        d.pop("figures_dir")
-        d.pop("profile")
-        d["eval"] = None
-        d["data"].pop("workers")
-        d["data"].pop("cache_dir")
-        d["train"].pop("device")
-        d["train"].pop("threads")
-        for key in ("channels_last", "compile", "processes", "fused_adamw"):  # same maths, another speed
-            d["train"].pop(key)
-        digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
         return f"{self.profile}-{m.arch}-{m.backbone}-s{self.train.seed}-{digest}"
 
@@ -195,7 +231,7 @@ class Config:
             ("data.source", self.data.source, SOURCES), ("data.split", self.data.split, SPLITS),
             ("data.crop", self.data.crop, CROPS), ("model.backbone", self.model.backbone, BACKBONES),
             ("model.arch", self.model.arch, ARCHS), ("model.pretrained", self.model.pretrained, PRETRAINED),
-            ("eval.tta", self.eval.tta, TTA_MODES), ("profile", self.profile, tuple(PROFILES)),
+            ("eval.tta", self.eval.tta, TTA_MODES), ("profile", self.profile, tuple(profiles())),
             ("train.precision", self.train.precision, PRECISIONS), ("train.compile", self.train.compile, COMPILE),
         ]
         for key, value, allowed in checks:
@@ -221,12 +257,12 @@ class Config:
             ("loss.plain_sigma", self.loss.plain_sigma, 1e-3, None), ("loss.lds_sigma", self.loss.lds_sigma, 1e-3, None),
             ("loss.lds_clip", self.loss.lds_clip, 1.0, None),
             ("eval.ablation_budget", self.eval.ablation_budget, 1e-3, None),
-            ("eval.bench_repeats", self.eval.bench_repeats, 1, None),
-            ("eval.bench_seconds", self.eval.bench_seconds, 0.0, None),
-            ("eval.bench_size", self.eval.bench_size, 32, 512),
-            ("eval.bench_batches", min(self.eval.bench_batches, default=0), 1, None),
-            ("eval.bench_threads", self.eval.bench_threads, 1, None),
-            ("eval.bench_compile_seconds", self.eval.bench_compile_seconds, 0.0, None),
+            ("bench.repeats", self.bench.repeats, 1, None),
+            ("bench.seconds", self.bench.seconds, 0.0, None),
+            ("bench.size", self.bench.size, 32, 512),
+            ("bench.batches", min(self.bench.batches, default=0), 1, None),
+            ("bench.threads", self.bench.threads, 1, None),
+            ("bench.compile_seconds", self.bench.compile_seconds, 0.0, None),
         ]
         for key, value, low, high in ranges:
             if not (math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)):
@@ -240,37 +276,9 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-# Each profile is a set of overrides of the defaults above (which are the paper's recipe).
-PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"data.source": "afad", "data.size": 224, "model.backbone": "mobilenet_v3_large",
-              "model.pretrained": "imagenet", "eval.tta": "multi"},
-    # quick compresses the recipe for a CPU: 10 epochs at 160 px, 39 min of training on 2 AVX2
-    # cores (it was sized at 8 epochs of 128 px, ~15 min on a CPU that trains at ~100 images/s).
-    # Measured on AAF (FADE-Net on ImageNet MobileNetV2, 80-10-10, validation MAE): at 5 epochs,
-    # batch 64 with a frozen first epoch 5.74, batch 32 without one 5.58; at batch 32, lr 3e-4 to
-    # 1e-3 all ended near 5.5, while 2e-3 and 3e-3 fell behind from the first epoch. Freezing pays
-    # over the paper's 120 epochs, not over 5. With EMA decay 0.999 the EMA still averaged in the
-    # weights of early epochs (raw weights 0.08 better after 5 epochs); 0.995 fixed that. The
-    # whole-image framing (data.crop=none) was worse (5.68 after 5 epochs), and so was lr 2e-3 for
-    # the new layers with train.backbone_lr_scale=0.25. Mixup and LDS regularise a long run; in 8
-    # epochs they held it back (5.29 with them; 5.09 to 4.97 without, by thread count). At 8
-    # epochs 160 px reached 5.02 (test 4.79) in about the time of 128 px, 192 px 5.08 (test 4.76)
-    # in 1.35x the time.
-    "quick": {"data.source": "auto", "data.size": 160, "data.split": "80-10-10",
-              "model.backbone": "auto", "model.pretrained": "auto", "loss.lds": False, "train.mixup_prob": 0.0,
-              "train.epochs": 10, "train.batch_size": 32, "train.lr": 5e-4, "train.freeze_epochs": 0,
-              "train.warmup_epochs": 0.3, "train.ema_decay": 0.995, "eval.tta": "flip", "eval.ablation_budget": 0.1,
-              "eval.bench_repeats": 20, "eval.bench_seconds": 60.0, "eval.bench_compile_seconds": 240.0},
-    # smoke runs in tests and nbval: its figures must not overwrite the reference run's; one
-    # process, since starting workers costs more than they save on 300 tiny faces
-    "smoke": {"train.processes": 1, "figures_dir": "runs/smoke/figures", "data.source": "auto", "data.size": 64, "data.subset": 300,
-              "model.backbone": "mobilenet_v3_large", "model.pretrained": "none",
-              "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-3, "train.freeze_epochs": 0,
-              "eval.tta": "flip", "eval.ablation_budget": 0.02, "eval.bench_repeats": 3,
-              "eval.bench_size": 64, "eval.bench_batches": (1, 2), "eval.bench_models": "fadenet",
-              "eval.bench_seconds": 2.0, "eval.bench_compile_seconds": 0.0,
-              "eval.seeds": (42, 1337)},
-}
+def profiles() -> list[str]:
+    """The named recipes: one YAML file each under ``configs/``."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
 def load_config(profile: str | None = None, *overrides: str | dict[str, Any],
@@ -278,9 +286,9 @@ def load_config(profile: str | None = None, *overrides: str | dict[str, Any],
     """The resolved configuration: profile (or $FADENET_PROFILE, else quick), then a YAML
     file of overrides, then ``key=value`` overrides, in that order."""
     profile = profile or os.environ.get("FADENET_PROFILE") or "quick"
-    if profile not in PROFILES:
-        raise ConfigError(f"profile={profile!r} is not one of {', '.join(PROFILES)}")
-    cfg = Config(profile=profile).override(PROFILES[profile])
+    if profile not in profiles():
+        raise ConfigError(f"profile={profile!r} is not one of {', '.join(profiles())} (files under {CONFIGS})")
+    cfg = Config(profile=profile).override(_flatten(_read_yaml(CONFIGS / f"{profile}.yaml")))
     if file:
         cfg.override(_flatten(_read_yaml(Path(file))))
     return cfg.override(*overrides)
@@ -295,8 +303,9 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 # Keys of older versions, ignored when a saved config is read: train.amp (mixed precision on CUDA)
-# became train.precision.
-RETIRED_KEYS = {"train.amp"}
+# became train.precision; the speed benchmark's eval.bench_* became the bench section.
+RETIRED_KEYS = {"train.amp", *(f"eval.bench_{k}" for k in ("repeats", "seconds", "size", "batches", "threads",
+                                                             "models", "compile_seconds"))}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -328,7 +337,7 @@ def _split_pair(item: str) -> tuple[str, str]:
 
 def _sections() -> dict[str, type]:
     return {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("data", "model", "loss", "train", "eval")}
+            ("data", "model", "loss", "train", "eval", "bench")}
 
 
 def _resolve_key(cfg: Config, key: str) -> tuple[str, str]:

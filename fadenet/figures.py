@@ -9,13 +9,8 @@ import pandas as pd
 from PIL import Image as PILImage
 
 from .config import Config
+from .data.sources import SOURCE_NAMES
 from .io import atomic_path
-
-SOURCE_NAMES = {
-    "afad": "AFAD-Full", "afad_lite": "AFAD-Lite", "aaf": "All-Age-Faces (AAF)", "utkface": "UTKFace",
-    "synthetic": "SYNTHETIC procedural faces (not real people)",
-}
-
 
 def provenance(cfg: Config, source: str, images: int | None = None) -> str:
     """One line naming the data, its size, the split protocol and the profile."""
@@ -89,18 +84,12 @@ def _cell(v) -> str:
 # The tables README's results section collects, in order, under these headings (absent ones
 # are skipped, so the section grows as chapters are run).
 RESULT_TABLES = [
+    ("reproduce_times", "Time of each chapter"),
     ("03_training_results", "Training (notebook 03)"),
     ("03_training_speed", "Training speed (notebook 03)"),
-    ("04_ablation", "Ablation (notebook 04)"),
-    ("05_seed_table", "Seeds, test-time augmentation and the ensemble (notebook 05)"),
-    ("05_chapter03_tta", "Test-time augmentation of chapter 03's model (notebook 05)"),
-    ("05_protocols", "Split protocols (notebook 05)"),
-    ("05_literature", "Literature: reported and measured here (notebook 05)"),
-    ("06_cam_face_mass", "Where Grad-CAM looks (notebook 06)"),
-    ("07_speed", "Speed (notebook 07)"),
-    ("07_int8", "INT8 against FP32, trained network (notebook 07)"),
+    ("04_effects", "What each idea does (notebook 04)"),
+    ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)"),
     ("07_targets", "Speed and INT8 targets (notebook 07)"),
-    ("bench_train", "Training modes (python -m fadenet bench train)"),
 ]
 class ReportError(RuntimeError):
     """README cannot take the generated results; the message says why."""

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written cache, table or checkpoint."""
+"""Atomic file writes (a reader never sees a half-written cache, table or checkpoint), and paths
+as outputs print them."""
 from __future__ import annotations
 
 import os
@@ -27,6 +28,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def shown_path(path: str | Path, places: list[tuple[str, str | Path]]) -> str:
+    """``path`` as printed output shows it: relative to the first of ``places`` (label, folder)
+    that holds it, as ``label/rest`` (just ``rest`` for an empty label), so that committed outputs
+    name no folder of the machine that ran them; otherwise the path itself."""
+    path = Path(path).expanduser().resolve()
+    for label, folder in places:
+        try:
+            rest = path.relative_to(Path(folder).expanduser().resolve())
+        except ValueError:
+            continue
+        return str(Path(label) / rest) if label else (str(rest) if rest.parts else ".")
+    return str(path)
 
 
 def _umask() -> int:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 from .config import ROOT, load_config
 
@@ -67,7 +69,34 @@ def reproduce(profile: str | None = None, overrides: list[str] | tuple = (), onl
         log.info("%s done in %.0f s", nb.name, time.perf_counter() - start)
         if inplace:
             _write_back(out, nb)
+    if only is None:
+        save_times(run_dir, cfg)
     return run_dir
+
+
+DONE = re.compile(r"^(\S+) .* fadenet\.reproduce: (\d\d_\S+)\.ipynb done in (\d+) s$")
+
+
+def chapter_times(run_dir: Path) -> pd.DataFrame:
+    """Wall seconds of each notebook of a reproduce run (from its log), with the total."""
+    rows = [(m.group(2), int(m.group(3))) for line in (run_dir / "reproduce.log").read_text().splitlines()
+            if (m := DONE.match(line))]
+    table = pd.DataFrame(rows, columns=["notebook", "seconds"])
+    seconds = int(table["seconds"].sum())
+    total = pd.DataFrame([(f"total ({seconds / 60:.1f} min)", seconds)], columns=table.columns)
+    return pd.concat([table, total], ignore_index=True)
+
+
+def save_times(run_dir: Path, cfg) -> Path:
+    """``figures/tables/reproduce_times``: how long each chapter of a whole run took, and where."""
+    import torch
+
+    from .figures import save_table
+    from .runtime import cpu_features, cpu_info, usable_cores
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    caption = (f"python -m fadenet reproduce --profile {cfg.profile} ({run_dir.name}); {cpu_info()[0]} "
+               f"({cpu_features()}), {usable_cores()} cores, {gpu}")
+    return save_table(chapter_times(run_dir), "reproduce_times", cfg, caption)
 
 
 def _cell_number(executed: Path, index: int) -> str:

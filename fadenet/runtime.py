@@ -52,9 +52,16 @@ def cpu_info() -> tuple[str, set[str]]:
 # Instruction sets that decide training and inference speed, in the order they are reported.
 CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
                 ("avx512_bf16", "AVX-512-BF16"), ("amx_bf16", "AMX"))
-# With one of these the CPU multiplies bfloat16 natively; elsewhere oneDNN emulates it, which was
-# 18x slower than FP32 for a FADE-Net training step on an AVX2-only EPYC (fadenet bench train).
-NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+# Without one of these oneDNN emulates bfloat16: 18x slower than FP32 for a FADE-Net training step
+# on an AVX2-only EPYC. AVX-512-BF16 computes it natively, yet on the EPYC measured (fadenet bench
+# train, chapter 03) a training step ran at 0.9-1.15x of FP32: no speed to trade precision for.
+# AMX's bf16 tile units are what oneDNN accelerates bf16 convolutions and matrix products with.
+FAST_BF16_FLAGS = {"amx_bf16"}
+# 8-bit dot products in one instruction: what INT8 inference needs to beat FP32.
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+# The vector instructions that decide how fast 8-bit and 32-bit kernels can be, best first.
+SIMD = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"))
 
 
 def cpu_features() -> str:
@@ -63,8 +70,16 @@ def cpu_features() -> str:
     return ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in CPU_FEATURES)
 
 
-def native_bf16() -> bool:
-    return bool(NATIVE_BF16_FLAGS & cpu_info()[1])
+def simd_text(flags: set[str]) -> str:
+    """The widest integer and float vector extensions among the CPU's ``flags``."""
+    found = [label for flag, label in SIMD if flag in flags]
+    has_vnni = bool(VNNI_FLAGS & flags)
+    return ", ".join(found[:2]) + ("" if has_vnni else ", no VNNI") if found else "SIMD unknown"
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX), where bf16 pays for its lost precision."""
+    return bool(FAST_BF16_FLAGS & cpu_info()[1])
 
 
 def usable_cores() -> int:

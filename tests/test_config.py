@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from fadenet.config import PROFILES, Config, ConfigError, config_from_dict, load_config
+from fadenet.config import Config, ConfigError, config_from_dict, load_config, profiles
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,8 @@ def _no_profile_env(monkeypatch):
 # ---- profiles ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile,size,source,pretrained,tta", [
     ("smoke", 64, "auto", "none", "flip"),
-    ("quick", 160, "auto", "auto", "flip"),
+    ("quick", 112, "auto", "auto", "flip"),
+    ("reference", 112, "auto", "auto", "multi"),
     ("paper", 224, "afad", "imagenet", "multi"),
 ])
 def test_profiles_resolve(profile, size, source, pretrained, tta):
@@ -27,10 +28,12 @@ def test_profiles_resolve(profile, size, source, pretrained, tta):
     assert (cfg.data.size, cfg.data.source, cfg.model.pretrained, cfg.eval.tta) == (size, source, pretrained, tta)
 
 
-def test_profiles_differ_where_the_spec_says():
-    smoke, quick, paper = (load_config(p) for p in ("smoke", "quick", "paper"))
+def test_profiles_differ_where_their_recipes_say():
+    smoke, quick, reference, paper = (load_config(p) for p in ("smoke", "quick", "reference", "paper"))
+    assert profiles() == ["paper", "quick", "reference", "smoke"]  # one recipe file each, under configs/
     assert smoke.train.epochs == 1 and smoke.data.subset > 0
-    assert quick.model.backbone == "auto" and quick.train.epochs == 10
+    assert quick.model.backbone == "auto" and quick.train.epochs == 2 and quick.eval.seeds == (42,)
+    assert (reference.eval.ablation_budget, len(reference.eval.seeds), reference.eval.kfold) == (1.0, 3, True)
     assert paper.train.epochs == Config().train.epochs == 120  # the paper's recipe is the default
     assert (paper.loss.lds, paper.train.mixup_prob) == (True, 0.5)
     assert (quick.loss.lds, quick.train.mixup_prob) == (False, 0.0)
@@ -162,7 +165,7 @@ def test_yaml_file_overrides(tmp_path):
     cfg = load_config("smoke", file=path)
     assert (cfg.train.epochs, cfg.train.lr, cfg.data.size, cfg.model.dropout) == (9, 0.005, 80, 0.2)
     assert cfg.eval.scales == (0.8, 1.2) and isinstance(cfg.eval.scales, tuple)
-    assert cfg.train.batch_size == PROFILES["smoke"]["train.batch_size"]  # rest from the profile
+    assert cfg.train.batch_size == load_config("smoke").train.batch_size == 32  # rest from the profile
     # key=value overrides come after the file
     assert load_config("smoke", "epochs=2", file=path).train.epochs == 2
 
@@ -197,8 +200,17 @@ def test_run_id_tracks_training_relevant_fields():
 def test_run_id_ignores_where_and_how_fast():
     base = load_config("smoke").run_id()
     for change in ("data.workers=7", "runs_dir=/somewhere/else", "data.cache_dir=/tmp/c",
-                   "train.threads=3", "train.device=cpu"):
+                   "train.threads=3", "train.device=cpu", "eval.tta=multi", "bench.repeats=9",
+                   "train.channels_last=false", "train.fused_adamw=false", "train.processes=2"):
         assert load_config("smoke", change).run_id() == base, change
+
+
+def test_identity_is_every_field_not_marked_as_speed_or_place():
+    identity = load_config("smoke").identity()
+    assert set(identity) == {"data", "model", "loss", "train"}  # eval and bench change no training run
+    assert set(identity["train"]) == {f.name for f in dataclasses.fields(load_config("smoke").train)} - {
+        "compile", "processes", "fused_adamw", "sync_bn", "threads", "channels_last", "device"}
+    assert "workers" not in identity["data"] and "cache_dir" not in identity["data"] and "root" in identity["data"]
 
 
 def test_save_round_trips_through_yaml(tmp_path):
@@ -227,5 +239,18 @@ def test_a_config_saved_by_an_older_version_still_loads():
     saved = load_config("quick").to_dict()
     saved["train"]["amp"] = True          # the key train.precision replaced
     del saved["train"]["precision"]
+    saved["eval"]["bench_repeats"] = 7     # the speed benchmark's settings became the bench section
     cfg = config_from_dict(saved)
-    assert cfg.train.precision == "auto" and cfg.train.epochs == 10
+    assert cfg.train.precision == "auto" and cfg.train.epochs == 2 and cfg.bench.repeats == 10
+
+
+def test_shown_paths_name_no_folder_of_this_machine(tmp_path, monkeypatch):
+    from fadenet.config import ROOT
+    from fadenet.io import shown_path
+    monkeypatch.setenv("FADENET_DATA_ROOT", str(tmp_path / "datasets"))
+    cfg = load_config("smoke")
+    assert cfg.shown(ROOT / "runs" / "x" / "best.pt") == "runs/x/best.pt"
+    assert cfg.shown(tmp_path / "datasets" / "AFAD-Full") == "$FADENET_DATA_ROOT/AFAD-Full"
+    assert load_config("smoke", f"data.root={tmp_path}").shown(tmp_path / "a") == "<data.root>/a"
+    assert cfg.shown("/elsewhere/file") == "/elsewhere/file"  # outside both: the path itself
+    assert shown_path(tmp_path / "hub" / "w.pth", [("$TORCH_HOME/hub", tmp_path / "hub")]) == "$TORCH_HOME/hub/w.pth"

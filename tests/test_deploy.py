@@ -19,9 +19,9 @@ from fadenet.deploy import (BACKENDS, PARALLEL_SPP, bench_models, export_checkpo
                             spp_pooling_speed)
 from fadenet.deploy.export import PARITY_TOLERANCE, face_batch, ort_session
 from fadenet.deploy.report import spp_comparison, targets, throughput_table
-from fadenet.evaluation import expected_age, predict_probs
+from fadenet.model import expected_age, predict_probs
 from fadenet.model import predict
-from fadenet.model.report import VANILLA
+from fadenet.model.variants import VANILLA
 from fadenet.training import CheckpointError, load_model, train
 
 pytestmark = [pytest.mark.aaf, pytest.mark.usefixtures("one_thread")]
@@ -32,7 +32,7 @@ def cfg(aaf_subset_root, tmp_path_factory):
     """The smoke profile on ~240 real AAF faces, everything it writes in a temporary folder."""
     folder = tmp_path_factory.mktemp("deploy")
     return load_config("smoke", "data.source=aaf", f"data.root={aaf_subset_root}", f"data.cache_dir={folder}/cache",
-                       f"runs_dir={folder}/runs", f"figures_dir={folder}/figures", "eval.bench_threads=1")
+                       f"runs_dir={folder}/runs", f"figures_dir={folder}/figures", "bench.threads=1")
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +148,8 @@ def test_a_missing_or_foreign_checkpoint_is_one_clear_error(tmp_path, capsys, co
 
 # ---- speed benchmark -----------------------------------------------------------------------
 def test_speed_table_has_a_row_per_network_backend_and_batch(cfg, faces):
-    cfg = copy.deepcopy(cfg).override({"eval.bench_repeats": 1, "eval.bench_seconds": 0.0,
-                                            "eval.bench_compile_seconds": 0.0})
+    cfg = copy.deepcopy(cfg).override({"bench.repeats": 1, "bench.seconds": 0.0,
+                                            "bench.compile_seconds": 0.0})
     table = speed_table(cfg, *faces, models="mobilenet_v3_small", batches=(1, 2), size=64, threads=1,
                         progress=False)
     assert list(table.columns[:5]) == ["model", "backend", "batch", "size", "threads"]
@@ -169,7 +169,7 @@ def test_speed_table_has_a_row_per_network_backend_and_batch(cfg, faces):
 
 
 def test_spp_pooling_table_compares_both_forms_per_batch():
-    cfg = load_config("smoke", "eval.bench_repeats=1", "eval.bench_batches=1,3")
+    cfg = load_config("smoke", "bench.repeats=1", "bench.batches=1,3")
     table = spp_pooling_speed(cfg, channels=8, progress=False)
     assert len(table) == 4 and set(table["batch"]) == {1, 3}
     parallel = table[table["SPP pooling"].str.startswith("parallel")]
@@ -199,7 +199,7 @@ def test_each_distinct_network_is_timed_once():
     networks, aliases = bench_models(), same_network()
     assert list(networks)[:3] == ["fadenet", PARALLEL_SPP, VANILLA]
     # a loss is not a network, and FADE-Net with CA, fusion and SPP off is the GAP baseline
-    assert aliases == {"+dldl_v2": "baseline", "-dldl_v2": "fadenet", "mobilenet_v2": "baseline_mbv2"}
+    assert aliases == {"+dldl_v2": "baseline", "-dldl_v2": "fadenet"}
     assert not set(aliases) & set(networks)
 
 
@@ -216,7 +216,7 @@ def test_round_robin_settles_each_call_before_timing_it():
 
 def test_int8_targets_are_of_the_studied_network():
     import pandas as pd
-    from fadenet.deploy.speed import Int8Study
+    from fadenet.deploy.int8 import Int8Study
     speed = "images/s (batch 1, 224px)"
     study = Int8Study(pd.DataFrame({"engine": ["PyTorch FP32", "ONNX Runtime FP32", "ONNX Runtime INT8, X (default)"],
                                     speed: [40.0, 80.0, 120.0], "MAE - FP32 MAE": [0.0, 0.0, 0.15]}), profile=None)
@@ -231,7 +231,7 @@ def test_int8_targets_are_of_the_studied_network():
 
 
 def test_simd_text_names_the_8_bit_instructions():
-    from fadenet.deploy.speed import simd_text
+    from fadenet.runtime import simd_text
     assert simd_text({"avx2", "fma"}) == "AVX2, no VNNI"
     assert simd_text({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI, AVX-512"
     assert simd_text({"avx2", "avx_vnni"}) == "AVX-VNNI, AVX2"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fadenet.config import ModelConfig, load_config
-from fadenet.evaluation import (cumulative_scores, mae_per_group, predict_probs, predictions_table, rescale,
-                                tta_views)
+from fadenet.evaluation import cumulative_scores, mae_per_group, predictions_table
+from fadenet.model import predict_probs, rescale, tta_views
 from fadenet.evaluation import ablation
 from fadenet.evaluation.ablation import ablation_config, ablation_table, run_grid
 from fadenet.evaluation.evaluate import evaluate, load_ensemble, save_predictions
@@ -218,7 +218,7 @@ def test_ablation_configs_switch_one_idea_and_carry_seed_and_budget(smoke_run):
     assert (plus_ca.model.ca, plus_ca.model.msff, plus_ca.model.spp, plus_ca.loss.dldl_v2) == (True, False, False, False)
     assert plus_ca.train.seed == 1337 and plus_ca.train.fraction == cfg.eval.ablation_budget
     assert cfg.model.ca and cfg.train.seed == 42, "the profile's config must not change"
-    with pytest.raises(KeyError, match="no ablation variant"):
+    with pytest.raises(KeyError, match="no variant '\+magic'"):
         ablation_config(cfg, "+magic", 42)
 
 
@@ -241,13 +241,89 @@ def test_the_grid_trains_each_run_once_and_reuses_finished_runs(smoke_run, monke
     assert (table["seeds"] == 2).all() and table["test MAE std"].notna().all()
 
 
-def test_findings_judge_each_idea_against_its_baseline_and_the_seed_spread():
-    table = pd.DataFrame({"variant": ["baseline", "+ca", "baseline_mbv2", "fadenet_mbv2"],
-                          "test MAE mean": [13.3, 13.2, 8.0, 7.0], "test MAE std": [0.05, 0.2, 0.1, 0.1]})
-    lines = ablation.findings(table, floor=13.25)
-    assert "baseline: test MAE 13.30 ± 0.05; did not beat the median-age predictor (13.25)." in lines
-    assert "fadenet_mbv2: test MAE 7.00 ± 0.10; learnt (13.25)." in lines
-    assert ("+ca vs baseline: -0.10 years, no different, within the seed spread, from baseline "
-            "(seed spread 0.20).") in lines
-    assert ("fadenet_mbv2 vs baseline_mbv2: -1.00 years, better than baseline_mbv2 "
-            "(seed spread 0.10).") in lines
+def test_variant_networks_are_built_on_the_backbone_training_resolves(monkeypatch):
+    import fadenet.evaluation.ablation as ablation_module
+    monkeypatch.setattr(ablation_module, "resolve_backbone", lambda cfg: "mobilenet_v2")
+    net = ablation.variant_network(load_config("smoke", "model.backbone=auto"), "+spp")
+    assert net.meta["backbone"] == "mobilenet_v2" and net.spp is not None and net.fusion is None
+
+
+def test_learnt_compares_each_variant_with_the_median_predictor_and_its_spread():
+    table = pd.DataFrame({"variant": ["baseline", "fadenet", "+spp"], "test MAE mean": [13.3, 7.0, 13.2],
+                          "test MAE std": [0.05, 0.1, np.nan]})
+    assert ablation.learnt(table, floor=13.25) == [
+        "baseline: test MAE 13.30 ± 0.05; did not beat the median-age predictor (13.25).",
+        "fadenet: test MAE 7.00 ± 0.10; learnt (13.25).",
+        "+spp: test MAE 13.20 (1 seed); did not beat the median-age predictor (13.25)."]
+
+
+def test_t_interval_matches_a_hand_computation():
+    # mean -0.2, sd 0.1, n 3: half width t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735 = 0.248414
+    low, high = ablation.t_interval(np.array([-0.3, -0.1, -0.2]))
+    assert (low, high) == pytest.approx((-0.448414, 0.048414), abs=1e-6)
+    assert np.isnan(ablation.t_interval(np.array([-0.3]))[0])
+
+
+def test_bootstrap_interval_is_paired_by_face_and_matches_normal_theory():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(0, 5, 4000)
+    # the same faces, one model 0.5 years better on every face: no face-to-face noise in the gap
+    assert ablation.bootstrap_interval([(truth * 0.9, truth * 0.9 + 0.5 * np.sign(truth))]) == pytest.approx((-0.5, -0.5))
+    # a gap that is N(-0.3, 1) per face: the interval is -0.3 +- 1.96 / sqrt(4000) = +-0.031
+    a = np.abs(rng.normal(3, 1, 4000))
+    b = a + rng.normal(0.3, 1, 4000)
+    low, high = ablation.bootstrap_interval([(a, b)], resamples=4000)
+    gap = (a - b).mean()
+    assert (high - low) / 2 == pytest.approx(1.96 * (a - b).std() / np.sqrt(4000), rel=0.15)
+    assert low < gap < high
+    with pytest.raises(ValueError, match="same test faces"):
+        ablation.bootstrap_interval([(a, b[:-1])])
+
+
+def test_paired_effects_pair_seeds_orient_leave_one_out_and_word_the_finding(tmp_path):
+    rng = np.random.default_rng(0)
+    ages = rng.integers(0, 80, 300)
+    rows = []
+
+    def run(name, seed, mae, noise):
+        folder = tmp_path / f"{name}-{seed}"
+        folder.mkdir()
+        predicted = ages + noise
+        pd.DataFrame({"row": np.arange(300), "age": ages, "predicted": predicted}).to_csv(
+            folder / "test_predictions.csv", index=False)
+        rows.append({"variant": name, "seed": seed, "test MAE": mae, "checkpoint": str(folder / "best.pt")})
+
+    for seed, (base, ca, fade, no_ca) in zip((1, 2, 3), [(6.0, 5.7, 5.0, 5.3), (6.1, 5.85, 5.1, 5.35),
+                                                         (5.9, 5.55, 4.9, 5.25)]):
+        for name, mae in [("baseline", base), ("+ca", ca), ("fadenet", fade), ("-ca", no_ca)]:
+            run(name, seed, mae, rng.normal(0, mae, 300))
+    run("+spp", 1, 5.9, rng.normal(0, 5.9, 300))  # one seed only: its interval is the bootstrap's
+    effects = ablation.paired_effects(pd.DataFrame(rows), resamples=500).set_index("with")
+    ca = effects.loc["+ca"]
+    # +ca - baseline per seed: -0.3, -0.25, -0.35: mean -0.3, sd 0.05, half width 4.302653 * 0.05 / sqrt(3)
+    assert (ca["without"], ca["seeds"], ca["effect (years)"]) == ("baseline", 3, pytest.approx(-0.3))
+    assert (ca["t low"], ca["t high"]) == pytest.approx((-0.3 - 0.124207, -0.3 + 0.124207), abs=1e-5)
+    assert ca["finding"] == ("ca (the baseline with it against without) lowers MAE by 0.30 years "
+                             "(95% CI over 3 seeds: -0.42 to -0.18)")
+    # leave one out: the idea's effect is FADE-Net - (FADE-Net without it) = -0.3 on every seed
+    no_ca = effects.loc[effects["without"] == "-ca"].iloc[0]
+    assert (no_ca.name, no_ca["effect (years)"], no_ca["idea"]) == ("fadenet", pytest.approx(-0.3),
+                                                                    "ca (FADE-Net with it against without)")
+    spp = effects.loc["+spp"]
+    assert spp["seeds"] == 1 and np.isnan(spp["t low"]) and spp["bootstrap low"] < spp["bootstrap high"]
+    assert "95% bootstrap CI over test faces, 1 seed" in spp["finding"]
+    all_four = effects.loc[effects["without"] == "baseline"].loc["fadenet"]
+    assert all_four["effect (years)"] == pytest.approx(-1.0)
+    summary = ablation.effects_summary(effects.reset_index()).set_index("idea")
+    assert summary.loc[ca["idea"], ["95% low", "interval"]].tolist() == [pytest.approx(ca["t low"]), "t over seeds"]
+    assert summary.loc[spp["idea"], ["95% high", "interval"]].tolist() == [spp["bootstrap high"],
+                                                                          "bootstrap over test faces"]
+
+
+def test_effect_sentences_say_when_nothing_is_detectable():
+    row = {"idea": "spp (the baseline with it against without)", "seeds": 3, "effect (years)": -0.05, "t low": -0.2, "t high": 0.1,
+           "bootstrap low": np.nan, "bootstrap high": np.nan}
+    assert ablation.effect_sentence(row) == ("spp (the baseline with it against without): no effect detectable at "
+                                             "this budget (-0.05 years, 95% CI over 3 seeds: -0.20 to +0.10)")
+    assert ablation.effect_sentence({**row, "effect (years)": 0.3, "t low": 0.1, "t high": 0.5}).startswith(
+        "spp (the baseline with it against without) raises MAE by 0.30 years")

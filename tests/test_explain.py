@@ -10,7 +10,7 @@ from torch import nn
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 
 from fadenet.config import ModelConfig
-from fadenet.data.loader import normalize, to_tensor
+from fadenet.model import normalize, to_tensor
 from fadenet.explain import LAYERS, METHODS, AgeTarget, compute_cams, face_region, mass_inside, report
 from fadenet.explain.cam import SignedEigenCAM, region_mask
 from fadenet.model import AgeNet, build_model

@@ -9,9 +9,9 @@ import torch
 
 from fadenet.config import load_config
 from fadenet.data import load_split, loader, prepare
-from fadenet.data.loader import (FACE_ZONES, Batches, augment_batch, color_jitter, denormalize, mixup,
-                                 normalize, random_affine, random_blur, safe_erase_boxes, safe_random_erase,
-                                 to_tensor, zone_overlap)
+from fadenet.data.loader import (FACE_ZONES, Batches, augment_batch, color_jitter, mixup, random_affine,
+                                 random_blur, safe_erase_boxes, safe_random_erase, zone_overlap)
+from fadenet.model import denormalize, normalize, to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,22 @@ def test_eval_batches_are_deterministic_and_match_rows_even_unsorted(faces):
     for (xa, aa, ra), (xb, ab, rb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(aa, ab) and torch.equal(ra, rb)
         assert torch.allclose(denormalize(xa), to_tensor(fs.images[ra.numpy()]), atol=1e-6)
+
+
+def test_augmented_batches_are_the_reference_pipeline_batch_for_batch(faces):
+    # what the loader yields (gathered one batch ahead, made on the device) is, batch for batch,
+    # the faces of its own rows augmented with the draws of one generator seeded by (seed, epoch)
+    fs, _ = faces
+    rows = np.arange(5, 140)
+    batches = Batches(fs.images, fs.ages, rows, batch_size=16, train=True, seed=3, erase_p=0.5,
+                      device=torch.device("cpu"))
+    batches.set_epoch(2)
+    gen = torch.Generator().manual_seed(3 * 100_003 + 2)
+    torch.randperm(len(rows), generator=gen)  # the epoch's order is drawn first
+    for x, ages, idx in batches:
+        expected = normalize(augment_batch(to_tensor(fs.images[idx.numpy()]), gen, erase_p=0.5))
+        assert torch.equal(x, expected)
+        assert torch.equal(ages, torch.from_numpy(fs.ages[idx.numpy()].astype(np.float32)))
 
 
 def test_train_epoch_is_a_permutation_that_changes_by_epoch_and_repeats(faces):

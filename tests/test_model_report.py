@@ -1,4 +1,4 @@
-"""The architecture chapter's tables and diagram, and the variants the ablation trains."""
+"""The architecture chapter's tables and diagram, and the registry of variants."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -10,6 +10,8 @@ from matplotlib.text import Text
 
 from fadenet.config import ModelConfig, load_config
 from fadenet.model import build_model, count_macs, report
+from fadenet.model.variants import (ABLATION, LEAVE_ONE_OUT, VANILLA, VARIANTS, build_variant, names, variant,
+                                    variant_config)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,16 +27,16 @@ def variants() -> pd.DataFrame:
 
 
 def test_the_variant_table_has_every_variant_once(variants):
-    expected = [*report.ABLATION_VARIANTS, *report.LEAVE_ONE_OUT, *report.BACKBONE_BASELINES, report.VANILLA]
-    assert list(variants.index) == expected
-    assert {"baseline", "+ca", "+msff", "+spp", "+dldl_v2", "fadenet", "fadenet_mbv2"} <= set(variants.index)
+    assert list(variants.index) == [*VARIANTS, VANILLA]
+    assert list(VARIANTS) == ["baseline", "+ca", "+msff", "+spp", "+dldl_v2", "fadenet", "-ca", "-msff", "-spp",
+                              "-dldl_v2", "mobilenet_v3_small", "mobilenet_v2", "resnet18"]
     assert variants["parameters"].dtype.kind == "i"
 
 
 def test_the_variant_table_counts_what_the_paper_and_torchvision_count(variants):
     assert variants.loc["fadenet", "parameters"] == 4_841_463
     assert variants.loc["fadenet", "overrides"] == "(none: the paper configuration)"
-    assert variants.loc[report.VANILLA, "parameters"] == 5_483_032
+    assert variants.loc[VANILLA, "parameters"] == 5_483_032
     assert variants.loc["baseline", "parameters"] == 4_039_041
 
 
@@ -46,29 +48,37 @@ def test_loss_only_variants_share_the_network_and_say_the_loss_differs(variants)
     assert variants.loc["-dldl_v2", "overrides"] == "loss.dldl_v2=false"
 
 
-def test_additive_variants_differ_from_the_baseline_in_one_switch():
-    baseline = report.ABLATION_VARIANTS["baseline"]
-    for name in ("+ca", "+msff", "+spp", "+dldl_v2"):
-        changed = {k for k, v in report.ABLATION_VARIANTS[name].items() if baseline[k] != v}
-        assert changed == {f"{'loss' if name == '+dldl_v2' else 'model'}.{name[1:]}"}
+def test_each_ablation_variant_is_one_switch_from_the_row_it_is_compared_with():
+    for name in names(ABLATION, LEAVE_ONE_OUT):
+        v = variant(name)
+        if name in ("baseline", "fadenet"):
+            continue
+        reference = variant(v.reference).settings
+        changed = {k for k, x in v.settings.items() if reference[k] != x}
+        assert changed == {f"{'loss' if name.endswith('dldl_v2') else 'model'}.{name[1:]}"}, name
+        assert v.reference == ("baseline" if name.startswith("+") else "fadenet")
+    assert variant("fadenet").reference == "baseline"
+    with pytest.raises(KeyError, match="no variant 'fadenet_v9'; known: baseline"):
+        variant("fadenet_v9")
 
 
 def test_every_variant_overrides_any_configuration_completely():
     # applied over a profile with other switches, a variant still gives its own network
-    for name, overrides in {**report.ABLATION_VARIANTS, **report.LEAVE_ONE_OUT}.items():
-        cfg = load_config("smoke", "model.ca=false", "model.spp=false", "loss.dldl_v2=false", overrides)
-        assert all(value(cfg, k) == v for k, v in overrides.items()), name
-    mbv2 = load_config("quick", report.ABLATION_VARIANTS["fadenet_mbv2"]).model
-    assert (mbv2.backbone, mbv2.pretrained, mbv2.arch) == ("mobilenet_v2", "auto", "fadenet")
-    smoke = load_config("smoke", report.ABLATION_VARIANTS["fadenet_mbv2"]).model
-    assert smoke.pretrained == "none", "the variant follows the profile's weights policy"
+    for name in names(ABLATION, LEAVE_ONE_OUT):
+        cfg = variant_config(name, load_config("smoke", "model.ca=false", "model.spp=false", "loss.dldl_v2=false"))
+        assert all(value(cfg, k) == x for k, x in variant(name).settings.items()), name
+    # the backbone and its weights stay the profile's: the ablation runs on the backbone that loads
+    quick = variant_config("fadenet", load_config("quick")).model
+    assert (quick.backbone, quick.pretrained, quick.arch) == ("auto", "auto", "fadenet")
+    assert variant_config("baseline").model.backbone == "mobilenet_v3_large"  # default: the paper's
+    assert build_variant("fadenet", load_config("smoke", "model.backbone=mobilenet_v2")).meta["backbone"] == "mobilenet_v2"
 
 
 def test_the_baseline_is_the_same_network_written_either_way():
     counts = report.baseline_representations()
     assert set(counts.values()) == {4_039_041}
     torch.manual_seed(0)
-    as_switches = build_model(report.variant_config(report.ABLATION_VARIANTS["baseline"]).model)
+    as_switches = build_variant("baseline")
     torch.manual_seed(0)
     as_arch = build_model(ModelConfig(arch="baseline", pretrained="none"))
     a, b = as_switches.state_dict(), as_arch.state_dict()
@@ -121,7 +131,7 @@ def test_cost_comparison_keeps_measured_and_reported_apart():
 
 
 def test_part_costs_add_up_and_put_the_spp_projection_at_96m():
-    model = report.build_variant("fadenet")
+    model = build_variant("fadenet")
     table = report.part_costs(model, size=224)
     macs = table["M multiply-adds @224px"]
     assert macs["total"] == pytest.approx(macs.drop("total").sum(), abs=0.3)
@@ -131,7 +141,7 @@ def test_part_costs_add_up_and_put_the_spp_projection_at_96m():
 
 
 def test_any_input_size_gives_81_logits_and_cost_grows_with_area():
-    table = report.input_sizes(report.build_variant("fadenet"), sizes=(64, 96))
+    table = report.input_sizes(build_variant("fadenet"), sizes=(64, 96))
     assert table["logits"].tolist() == ["1x81", "1x81"]
     assert table["last map"].tolist() == ["2x2", "3x3"]
     assert table["M multiply-adds"].is_monotonic_increasing
@@ -141,3 +151,16 @@ def test_backbone_choice_says_what_is_chosen():
     assert "mobilenet_v2" in report.backbone_choice(ModelConfig(backbone="mobilenet_v2"))
     text = report.backbone_choice(ModelConfig(backbone="auto", pretrained="none"))
     assert "mobilenet_v3_large" in text and "random" in text
+
+
+def test_summary_command_resolves_the_backbone_as_training_does(capsys, monkeypatch):
+    from fadenet import cli
+    from fadenet.model import count_parameters
+    import fadenet.model as model_module
+    for present in ("mobilenet_v2", "mobilenet_v3_large"):
+        # which ImageNet file this machine holds decides auto's backbone, for training and summary alike
+        monkeypatch.setattr(model_module, "resolve_backbone", lambda cfg, present=present: present)
+        assert cli.main(["summary", "--profile", "quick", "--size", "64"]) == 0
+        total = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("total"))
+        expected = count_parameters(build_model(ModelConfig(backbone=present, pretrained="none")))
+        assert int(total.split()[1].replace(",", "")) == expected, present

@@ -269,10 +269,10 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(cfg_fa
         torch.testing.assert_close(broken[k], eager[k])
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(cfg_factory, monkeypatch):
-    monkeypatch.setattr(trainer_module, "native_bf16", lambda: False)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_matrix_units(cfg_factory, monkeypatch):
+    monkeypatch.setattr(trainer_module, "fast_bf16", lambda: False)
     assert resolved(cfg_factory("train.precision=auto", "train.device=cpu")).train.precision == "fp32"
-    monkeypatch.setattr(trainer_module, "native_bf16", lambda: True)
+    monkeypatch.setattr(trainer_module, "fast_bf16", lambda: True)
     assert resolved(cfg_factory("train.precision=auto", "train.device=cpu")).train.precision == "bf16"
     # precision is part of a run's identity; compile and processes are not
     ids = {resolved(cfg_factory(f"train.precision={p}")).run_id() for p in ("fp32", "bf16")}
@@ -285,6 +285,13 @@ def test_fp16_on_a_cpu_is_one_clear_error(cfg_factory, tmp_path):
     cfg = cfg_factory(f"runs_dir={tmp_path}", "train.precision=fp16", "train.device=cpu")
     with pytest.raises(ConfigError, match="train.precision=fp16 needs a CUDA device"):
         train(cfg, progress=False)
+
+
+def test_sync_batchnorm_on_cpu_processes_is_one_clear_error(cfg_factory, tmp_path):
+    cfg = cfg_factory(f"runs_dir={tmp_path}", "train.sync_bn=true", "train.device=cpu")
+    faces = prepare(cfg, progress=False)
+    with pytest.raises(ConfigError, match="train.sync_bn=true needs CUDA devices"):
+        Trainer(cfg, faces, load_split(faces, cfg), tmp_path / "run", progress=False, group=parallel.Group(0, 2))
 
 
 def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_path):
@@ -309,7 +316,7 @@ def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_pat
 
 
 def test_prediction_in_bf16_is_close_to_fp32_and_really_in_bf16():
-    from fadenet.evaluation.predict import predict_probs
+    from fadenet.model import predict_probs
     model = TinyNet().eval()
     with torch.no_grad():
         model.head[0].weight.mul_(20)   # a peaked distribution, so that rounding shows

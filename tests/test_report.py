@@ -11,14 +11,15 @@ from fadenet.figures import RESULTS_END, markdown_table, RESULTS_START, ReportEr
 
 def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
-    save_table(pd.DataFrame({"variant": ["baseline"], "test MAE mean": [12.5]}), "04_ablation", cfg, "made here")
+    save_table(pd.DataFrame({"idea": ["spp"], "effect (years)": [-0.5]}), "04_effects", cfg, "made here")
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n## Results\n{RESULTS_START}\nold text\n{RESULTS_END}\n\n## After\nkept\n")
     assert update_readme(cfg, readme) == 1
     text = readme.read_text()
     assert "old text" not in text and text.endswith("## After\nkept\n") and text.startswith("# title")
     section = text.split(RESULTS_START)[1].split(RESULTS_END)[0]
-    assert "#### Ablation (notebook 04)" in section and "| baseline | 12.500 |" in section and "_made here_" in section
+    assert "#### What each idea does (notebook 04)" in section and "| spp | -0.500 |" in section
+    assert "_made here_" in section
     assert "Training (notebook 03)" not in section, "absent tables are skipped"
 
 

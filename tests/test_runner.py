@@ -12,7 +12,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from fadenet.cli import build_parser, parse_args
-from fadenet.runner import NotebookFailed, numbered_notebooks, reproduce
+from fadenet.config import load_config
+from fadenet.runner import NotebookFailed, chapter_times, numbered_notebooks, reproduce
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,13 @@ def test_notebooks_run_in_number_order_with_profile_and_overrides(tmp_path):
     assert sorted(p.name for p in (run / "notebooks").iterdir()) == [
         "01_first.ipynb", "02_second.ipynb", "10_tenth.ipynb"]
     assert (run / "config.yaml").is_file() and (run / "reproduce.log").is_file()
+    # a whole run records how long each chapter took, from its own log
+    times = chapter_times(run)
+    assert list(times["notebook"])[:3] == ["01_first", "02_second", "10_tenth"]
+    assert times["notebook"].iloc[3] == f"total ({times['seconds'].iloc[3] / 60:.1f} min)"
+    assert times["seconds"].iloc[-1] == times["seconds"].iloc[:-1].sum()
+    table = load_config("smoke").figures_path / "tables" / "reproduce_times.md"
+    assert run.name in table.read_text() and "10_tenth" in table.read_text()
 
 
 def test_failure_names_notebook_and_cell_and_stops(tmp_path):

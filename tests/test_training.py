@@ -174,6 +174,16 @@ def test_training_benchmark_times_each_mode_in_rounds_and_leaves_no_run(cfg_fact
     assert not (tmp_path / "bench-train").exists()  # a benchmark leaves no run behind
 
 
+def test_benchmark_modes_follow_the_device(cfg_factory, monkeypatch):
+    from fadenet.training import bench
+    cfg = cfg_factory()
+    assert bench.device_modes(cfg) == list(bench.MODES)
+    assert bench.device_modes(cfg, ["compile", "(auto)"]) == ["channels-last, torch.compile",
+                                                                "the trainer's default (auto)"]
+    monkeypatch.setattr(bench, "training_device", lambda _: torch.device("cuda"))
+    assert bench.device_modes(cfg) == [m for m in bench.MODES if m != "channels-last, one process per core"]
+
+
 # ---- bad checkpoints ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,22 @@ batch) rather than image by image, so that two CPU cores keep up with the model.
 
 Randomness comes from generators seeded by (seed, epoch), so epoch e draws the same batches
 and augmentations whether or not the run was interrupted before it.
+
+On a GPU the CPU only gathers the uint8 faces of the next batch from the memory-mapped cache
+(in a background thread, while the current batch trains) and copies them to the device through
+pinned memory; conversion to float and every augmentation then run on the device. The random
+draws stay on the CPU generator, so a batch is the same on any device.
 """
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from ..model import normalize
 
 # Where eyes, nose and mouth sit in a face crop (x0, y0, x1, y1 as fractions of the side).
 FACE_ZONES = torch.tensor([
@@ -23,19 +28,6 @@ FACE_ZONES = torch.tensor([
     [0.37, 0.42, 0.63, 0.66],  # nose
     [0.28, 0.65, 0.72, 0.86],  # mouth
 ])
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    return x * IMAGENET_STD.to(x.device) + IMAGENET_MEAN.to(x.device)
 
 
 class Batches:
@@ -47,17 +39,19 @@ class Batches:
     ``shard=(rank, world)`` yields process ``rank``'s share of each batch for data-parallel
     training: every process draws the same shuffled order, and takes every world-th face of each
     ``batch_size`` batch; it augments its share with draws of its own (rank 0 with the draws a
-    single process makes).
+    single process makes). Images are made and augmented on ``device``; ages and rows stay on
+    the CPU.
     """
 
     def __init__(self, images: np.ndarray, ages: np.ndarray, rows: np.ndarray, batch_size: int,
                  train: bool = False, seed: int = 0, erase_p: float = 0.1, augment: bool = True,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), device: str | torch.device = "cpu"):
         self.images, self.ages = images, np.asarray(ages, dtype=np.float32)
         self.rows = np.asarray(rows)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.erase_p, self.augment = erase_p, augment and train
         self.rank, self.world = shard
+        self.device = torch.device(device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,15 +66,32 @@ class Batches:
         rows = self.rows[torch.randperm(len(self.rows), generator=gen).numpy()] if self.train else self.rows
         if self.rank:
             gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
-        for b in range(len(self)):
-            chunk = rows[b * self.batch_size:(b + 1) * self.batch_size]
-            if self.train:  # order within a shuffled batch is free, and file order reads faster
-                chunk = np.sort(chunk)
-            chunk = chunk[self.rank::self.world]
-            x = to_tensor(self.images[chunk])
-            if self.augment:
-                x = augment_batch(x, gen, self.erase_p)
-            yield normalize(x), torch.from_numpy(self.ages[chunk]), torch.from_numpy(chunk)
+        chunks = [self._chunk(rows, b) for b in range(len(self))]
+        with ThreadPoolExecutor(1) as reader:  # gathers batch b + 1 while batch b trains
+            pending = reader.submit(self._gather, chunks[0]) if chunks else None
+            for b, chunk in enumerate(chunks):
+                faces = pending.result()
+                if b + 1 < len(chunks):
+                    pending = reader.submit(self._gather, chunks[b + 1])
+                x = self._on_device(faces)
+                if self.augment:
+                    x = augment_batch(x, gen, self.erase_p)
+                yield normalize(x), torch.from_numpy(self.ages[chunk]), torch.from_numpy(chunk)
+
+    def _chunk(self, rows: np.ndarray, b: int) -> np.ndarray:
+        chunk = rows[b * self.batch_size:(b + 1) * self.batch_size]
+        if self.train:  # order within a shuffled batch is free, and file order reads faster
+            chunk = np.sort(chunk)
+        return chunk[self.rank::self.world]
+
+    def _gather(self, chunk: np.ndarray) -> torch.Tensor:
+        faces = torch.from_numpy(self.images[chunk])  # fancy indexing copies out of the cache
+        return faces.pin_memory() if self.device.type == "cuda" else faces
+
+    def _on_device(self, faces: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1] on the device."""
+        faces = faces.to(self.device, non_blocking=True)
+        return faces.permute(0, 3, 1, 2).float().div_(255)
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, erase_p: float = 0.1) -> torch.Tensor:
@@ -93,6 +104,10 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, erase_p: float = 0.1) -
 
 def _uniform(gen, n, low, high):
     return torch.rand(n, generator=gen) * (high - low) + low
+
+
+# Every augmentation draws its random numbers from the CPU generator and then moves them to the
+# batch's device: the same draws, whatever the device.
 
 
 def random_affine(x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, shear: float = 5.0,
@@ -109,7 +124,7 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0, 
     # output -> input sampling matrix: rotation @ shear @ flip, divided by the zoom
     a = torch.stack([torch.stack([cos * flip, (cos * sh - sin)], 1),
                      torch.stack([sin * flip, (sin * sh + cos)], 1)], 1) / s.view(b, 1, 1)
-    theta = torch.cat([a, t.unsqueeze(2)], 2)
+    theta = torch.cat([a, t.unsqueeze(2)], 2).to(x)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -124,11 +139,11 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 0.25) 
     one offset per sample, applied in a single pass over the batch.
     """
     b = x.shape[0]
-    bright, contrast, sat = (_uniform(gen, b, 1 - strength, 1 + strength) for _ in range(3))
+    bright, contrast, sat = (_uniform(gen, b, 1 - strength, 1 + strength).to(x) for _ in range(3))
     luma = LUMA.to(x)
     # contrast blends with the image's mean grey; saturation blends each pixel with its grey
     mean_gray = torch.einsum("bchw,c->b", x, luma) / (x.shape[2] * x.shape[3]) * bright
-    sat_matrix = sat.view(b, 1, 1) * torch.eye(3) + (1 - sat).view(b, 1, 1) * luma.view(1, 1, 3)
+    sat_matrix = sat.view(b, 1, 1) * torch.eye(3).to(x) + (1 - sat).view(b, 1, 1) * luma.view(1, 1, 3)
     matrix = sat_matrix * (bright * contrast).view(b, 1, 1)
     offset = (sat_matrix.sum(2) * ((1 - contrast) * mean_gray).view(b, 1)).view(b, 3, 1, 1)
     return (torch.einsum("bij,bjhw->bihw", matrix, x) + offset).clamp_(0, 1)
@@ -138,12 +153,13 @@ def random_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.2,
                 sigma: tuple[float, float] = (0.3, 1.5), radius: int = 3) -> torch.Tensor:
     """Gaussian blur of a random ``p`` share of the batch, each with its own sigma (separable)."""
     chosen = torch.nonzero(torch.rand(x.shape[0], generator=gen) < p).flatten()
-    sigmas = _uniform(gen, len(chosen), *sigma)
+    sigmas = _uniform(gen, len(chosen), *sigma).to(x)
     if len(chosen) == 0:
         return x
+    chosen = chosen.to(x.device)
     sub = x[chosen]
     b, c, h, w = sub.shape
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-offsets.view(1, -1) ** 2 / (2 * sigmas.view(-1, 1) ** 2))
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (b*c, 2r+1)
     y = sub.reshape(1, b * c, h, w)
@@ -190,12 +206,13 @@ def safe_random_erase(x: torch.Tensor, gen: torch.Generator, p: float = 0.1) -> 
     chosen = torch.nonzero(boxes.any(1)).flatten()
     if len(chosen) == 0:
         return x
-    boxes = boxes[chosen]
-    xs = (torch.arange(w, dtype=x.dtype) + 0.5) / w
-    ys = (torch.arange(h, dtype=x.dtype) + 0.5) / h
+    boxes = boxes[chosen].to(x)
+    xs = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) / h
     inside = ((xs.view(1, 1, w) >= boxes[:, 0, None, None]) & (xs.view(1, 1, w) < boxes[:, 2, None, None])
               & (ys.view(1, h, 1) >= boxes[:, 1, None, None]) & (ys.view(1, h, 1) < boxes[:, 3, None, None]))
-    noise = torch.rand((len(chosen),) + x.shape[1:], generator=gen, dtype=x.dtype)
+    noise = torch.rand((len(chosen),) + x.shape[1:], generator=gen, dtype=x.dtype).to(x.device)
+    chosen = chosen.to(x.device)
     x = x.clone()
     x[chosen] = torch.where(inside.unsqueeze(1), noise, x[chosen])
     return x

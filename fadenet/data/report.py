@@ -1,17 +1,16 @@
 """Tables and figures of the data chapter (notebook 01)."""
 from __future__ import annotations
 
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..figures import SOURCE_NAMES
+from ..model import denormalize
 from . import sources
 from .cache import FaceSet
-from .loader import Batches, denormalize
+from .sources import SOURCE_NAMES
+from .loader import Batches
 from .splits import PARTS, RATIO_SPLITS, Split
 
 
@@ -21,12 +20,12 @@ def source_summary(cfg: Config, faces: FaceSet) -> pd.DataFrame:
     rows = [
         ("source", picked),
         ("dataset", SOURCE_NAMES.get(faces.source, faces.source)),
-        ("folder", m["source_folder"] or "(generated in memory)"),
+        ("folder", cfg.shown(m["source_folder"]) if m["source_folder"] else "(generated in memory)"),
         ("images used", f"{len(faces):,}"),
         ("files skipped", f"{len(faces.skipped):,}"),
         ("ages", f"{faces.ages.min()}-{faces.ages.max()} (median {np.median(faces.ages):.0f})"),
         ("crop", faces.crop), ("size", f"{faces.size} px"),
-        ("cache", str(faces.folder)),
+        ("cache", cfg.shown(faces.folder)),
         ("preprocessing", f"{m['seconds']:.1f} s, {m['images_per_second']:.0f} images/s"),
     ]
     return pd.DataFrame(rows, columns=["", "value"])
@@ -106,13 +105,3 @@ def augmented_examples(faces: FaceSet, split: Split, cfg: Config, n: int = 8) ->
     fig.tight_layout()
     return fig
 
-
-def loader_rate(faces: FaceSet, rows: np.ndarray, batch_size: int = 64, batches: int = 30,
-                seed: int = 0) -> float:
-    """Augmented training images per second delivered by :class:`Batches` on this machine."""
-    it = iter(Batches(faces.images, faces.ages, rows, batch_size, train=True, seed=seed))
-    next(it)  # first batch pays one-off costs (page cache, allocator)
-    start, count = time.perf_counter(), 0
-    for _, (x, _, _) in zip(range(batches), it):
-        count += len(x)
-    return count / (time.perf_counter() - start)

@@ -25,6 +25,11 @@ FOLDERS = {
     "utkface": "UTKFace",
 }
 AUTO_ORDER = ("afad", "aaf", "utkface")
+# How captions and tables name each source.
+SOURCE_NAMES = {
+    "afad": "AFAD-Full", "afad_lite": "AFAD-Lite", "aaf": "All-Age-Faces (AAF)", "utkface": "UTKFace",
+    "synthetic": "SYNTHETIC procedural faces (not real people)",
+}
 
 AAF_NAME = re.compile(r"^(\d{5})A(\d{2})\.jpe?g$", re.IGNORECASE)
 AAF_LAST_FEMALE_ID = 7380  # ids 00000-07380 are female, 07381-13321 male

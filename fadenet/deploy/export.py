@@ -2,7 +2,7 @@
 INT8 static quantisation calibrated on real training faces.
 
 An exported graph takes normalised RGB batches (the training input, see
-:func:`fadenet.data.loader.normalize`) of any batch size and any square or rectangular size of
+:func:`fadenet.model.normalize`) of any batch size and any square or rectangular size of
 at least 32 pixels, and returns the 81 logits; softmax and the expected age stay outside, as in
 PyTorch, so that ONNX Runtime and PyTorch can be compared on the same numbers.
 """
@@ -26,15 +26,13 @@ from torch import nn
 from torch.export import Dim
 from tqdm.auto import tqdm
 
-from ..data import FaceSet, Split, load_split, prepare
+from ..data import FaceSet, Split
 from ..data.cache import stratified_pick
-from ..data.loader import normalize, to_tensor
-from ..evaluation.predict import expected_age, predict_probs
-from ..figures import SOURCE_NAMES
+from ..data.sources import SOURCE_NAMES
 from ..io import atomic_path
-from ..runtime import cpu_info
-from ..model import eval_mode, predict
-from ..training import CheckpointError, load_model
+from ..runtime import VNNI_FLAGS, cpu_info
+from ..model import eval_mode, expected_age, normalize, predict, predict_probs, to_tensor
+from ..training import CheckpointError, load_model, trained_faces
 
 log = logging.getLogger("fadenet.deploy")
 
@@ -66,10 +64,6 @@ class Int8Recipe:
         kind = "QDQ" if self.format == "qdq" else "QOperator"
         types = "U8S8" if self.weights == "int8" else "U8U8"
         return f"{kind} {types} per-channel" + (", 7-bit weights" if self.reduce_range else "")
-
-
-# Instructions that multiply-add 8-bit values in one step (AVX-512 VNNI, AVX-VNNI, AMX).
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 # The candidates notebook 07 compares. The default depends on the CPU (notebook 07's INT8 table
@@ -220,15 +214,6 @@ class Export:
         return "\n".join(lines)
 
 
-def checkpoint_faces(cfg, state: dict, progress: bool = True) -> tuple[FaceSet, Split]:
-    """The faces a checkpoint was trained on, framed and sized as in training, and their split."""
-    from ..evaluation.evaluate import data_config
-    source = state.get("data_source") or cfg.data.source
-    data_cfg = data_config(cfg, source, None, cross=False)
-    faces = prepare(data_cfg, progress=progress)
-    return faces, load_split(faces, data_cfg)
-
-
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, int8: bool = False,
                       recipe: Int8Recipe = DEFAULT_INT8, threads: int = 0, progress: bool = True) -> Export:
     """Export a trained checkpoint to ONNX (default ``model.onnx`` beside it) and keep the file
@@ -237,7 +222,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, int
     started = time.perf_counter()
     checkpoint = Path(checkpoint)
     model, cfg, state = load_model(checkpoint)
-    faces, split = checkpoint_faces(cfg, state, progress)
+    faces, split = trained_faces(cfg, state, progress)
     out = Path(out) if out else checkpoint.with_name("model.onnx")
     check = spread_rows(faces, split.test if len(split.test) else split.val, PARITY_FACES)
     log.info("exporting %s to %s", checkpoint, out)

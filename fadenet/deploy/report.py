@@ -11,8 +11,9 @@ import pandas as pd
 
 from ..config import Config
 from ..figures import save_table
-from ..model.report import VANILLA
-from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, Int8Study, same_network
+from ..model.variants import VANILLA
+from .int8 import Int8Study
+from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, same_network
 
 EAGER, ORT_FP32, ORT_INT8 = BACKENDS["eager"], BACKENDS["ort_fp32"], BACKENDS["ort_int8"]
 SHORT = {"PyTorch eager": "eager", "PyTorch channels-last": "channels-last", BACKENDS["compile"]: "compile",

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import os
 import platform
 import random
@@ -37,11 +36,11 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
-from ..model import SpatialPyramidPooling, build_model, count_macs
-from ..model.report import ABLATION_VARIANTS, BACKBONE_BASELINES, LEAVE_ONE_OUT, VANILLA, variant_config
-from ..runtime import cpu_info
-from .export import (DEFAULT_INT8, INPUT, INT8_RECIPES, VNNI_FLAGS, Int8Recipe, calibration_batch,
-                     export_onnx, face_batch, mae_by_engine, ort_session, quantize_int8, spread_rows)
+from ..model import SpatialPyramidPooling, build_model, count_macs, count_parameters
+from ..model.variants import VANILLA, VARIANTS, variant_config
+from ..runtime import cpu_info, simd_text
+from .export import (DEFAULT_INT8, INPUT, Int8Recipe, calibration_batch,
+                     export_onnx, face_batch, ort_session, quantize_int8, spread_rows)
 
 BACKENDS = {"eager": "PyTorch eager", "channels_last": "PyTorch channels-last",
             "compile": "torch.compile (inductor, frozen)", "ort_fp32": "ONNX Runtime FP32",
@@ -79,23 +78,22 @@ def same_network() -> dict[str, str]:
 
 @functools.cache
 def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
-    variants = {"fadenet": ABLATION_VARIANTS["fadenet"],
-                PARALLEL_SPP: {**ABLATION_VARIANTS["fadenet"], "model.fast_spp": False},
-                VANILLA: None, **ABLATION_VARIANTS, **LEAVE_ONE_OUT, **BACKBONE_BASELINES}
+    fadenet = variant_config("fadenet")
+    configs = {"fadenet": fadenet.model, PARALLEL_SPP: dataclasses.replace(fadenet.model, fast_spp=False),
+               VANILLA: None, **{name: variant_config(name).model for name in VARIANTS}}
     builders: dict[str, Callable[[], nn.Module]] = {VANILLA: torchvision.models.mobilenet_v3_large}
     timed: dict[str, str] = {}   # network key -> name of the variant that times it
     aliases = {}
-    for name, overrides in variants.items():
-        if overrides is None:
+    for name, model_cfg in configs.items():
+        if model_cfg is None:
             continue
-        model_cfg = variant_config(overrides).model
         key = _network_key(model_cfg)
         if key in timed:
             aliases[name] = timed[key]
         else:
             timed[key] = name
             builders[name] = functools.partial(build_model, model_cfg)
-    order = list(variants)
+    order = list(configs)
     return dict(sorted(builders.items(), key=lambda item: order.index(item[0]))), aliases
 
 
@@ -114,7 +112,7 @@ def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Modul
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ConfigError(f"eval.bench_models: unknown network(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+        raise ConfigError(f"bench.models: unknown network(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                           f"known: all, {', '.join(known)}")
     return {n: known[n] for n in names}
 
@@ -136,18 +134,6 @@ def hardware_text(threads: int, size: int) -> str:
     h = hardware()
     return (f"{h['cpu']} ({h['simd']}), {h['cores']} cores, {threads} threads; GPU: {h['gpu']}; "
             f"torch {h['torch']}, onnxruntime {h['onnxruntime']}; {size}x{size} input")
-
-
-# The vector instructions that decide how fast 8-bit and 32-bit kernels can be, best first.
-SIMD = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
-        ("avx2", "AVX2"))
-
-
-def simd_text(flags: set[str]) -> str:
-    """The widest integer and float vector extensions among the CPU's ``flags``."""
-    found = [label for flag, label in SIMD if flag in flags]
-    has_vnni = bool(VNNI_FLAGS & flags)
-    return ", ".join(found[:2]) + ("" if has_vnni else ", no VNNI") if found else "SIMD unknown"
 
 
 # ---- getting a back-end ready ----------------------------------------------------------------
@@ -212,7 +198,7 @@ class CompileBudget:
 
     def check(self) -> None:
         if self.seconds <= 0:
-            raise Unavailable("not tried (eval.bench_compile_seconds=0)")
+            raise Unavailable("not tried (bench.compile_seconds=0)")
         if self.spent >= self.seconds:
             raise Unavailable(f"not tried: the compile budget of {self.seconds:.0f} s was spent")
 
@@ -329,21 +315,21 @@ def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequenc
                 size: int | None = None, threads: int | None = None, progress: bool = True) -> pd.DataFrame:
     """One row per network, back-end and batch size: median and 90th-percentile latency,
     throughput, timed calls, seconds to get ready, parameters and multiply-adds, and "n/a
-    (reason)" where a back-end cannot run. Unset arguments come from ``cfg.eval.bench_*``.
+    (reason)" where a back-end cannot run. Unset arguments come from ``cfg.bench``.
 
     Inputs are real faces of ``faces``' test split resized to ``size``; INT8 graphs are calibrated
     on real training faces (:func:`calibration_batch`)."""
-    e = cfg.eval
-    builders = select_models(models if models is not None else e.bench_models)
+    b = cfg.bench
+    builders = select_models(models if models is not None else b.models)
     backends = list(backends or available_backends())
     unknown = [b for b in backends if b not in available_backends()]
     if unknown:
         raise ConfigError(f"unknown or unavailable back-end(s) {', '.join(unknown)}; here: "
                           f"{', '.join(available_backends())}")
-    batches, size, threads = list(batches or e.bench_batches), size or e.bench_size, threads or e.bench_threads
+    batches, size, threads = list(batches or b.batches), size or b.size, threads or b.threads
     x = torch.from_numpy(face_batch(faces, np.resize(spread_rows(faces, split.test, max(batches)), max(batches)), size))
     calibration = calibration_batch(faces, split)
-    budget = CompileBudget(e.bench_compile_seconds)
+    budget = CompileBudget(b.compile_seconds)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fadenet-speed-") as folder, torch_threads(threads), torch.inference_mode():
         torch.manual_seed(0)
@@ -355,10 +341,10 @@ def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequenc
                 call, setup[net.name, backend], notes[net.name, backend] = ready(net, backend, x[:batch], budget)
                 if call is not None:
                     calls[net.name, backend] = call
-            times = round_robin(calls, e.bench_repeats, e.bench_seconds, f"timing, batch {batch}", progress)
+            times = round_robin(calls, b.repeats, b.seconds, f"timing, batch {batch}", progress)
             rows += [_row(net.name, backend, batch, times.get((net.name, backend), []), setup[net.name, backend],
                           notes[net.name, backend]) for net, backend in jobs]
-        costs = {net.name: (_parameters(net.model), count_macs(net.model, size) / 1e6) for net in nets}
+        costs = {net.name: (count_parameters(net.model), count_macs(net.model, size) / 1e6) for net in nets}
     table = pd.DataFrame(rows)
     table.insert(3, "size", size)
     table.insert(4, "threads", threads)
@@ -377,10 +363,6 @@ def _row(model: str, backend: str, batch: int, seconds: list[float], setup: floa
             "timed calls": len(ms), "setup s": round(setup, 1), "note": note}
 
 
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
@@ -390,124 +372,20 @@ def spp_pooling_speed(cfg: Config, channels: int = 960, progress: bool = True) -
     """Latency of SPP's pooling alone (the map and its 5, 9 and 13 max-pools) on FADE-Net's last
     map at the benchmark size, as three parallel pools and as three cascaded 5x5 pools; the
     1x1 projection after them is the same in both forms and left out."""
-    e = cfg.eval
+    b = cfg.bench
     parallel = "parallel (5, 9, 13)"
     forms = {parallel: SpatialPyramidPooling(channels, fast=False),
              "cascaded (5, 5, 5)": SpatialPyramidPooling(channels, fast=True)}
-    side = -(-e.bench_size // 32)
-    maps = {batch: torch.randn(batch, channels, side, side) for batch in e.bench_batches}
+    side = -(-b.size // 32)
+    maps = {batch: torch.randn(batch, channels, side, side) for batch in b.batches}
     calls = {(form, batch): functools.partial(module.pyramid, maps[batch])
-             for form, module in forms.items() for batch in e.bench_batches}
-    with torch_threads(e.bench_threads), torch.inference_mode():
+             for form, module in forms.items() for batch in b.batches}
+    with torch_threads(b.threads), torch.inference_mode():
         for call in calls.values():
             call()
-        times = round_robin(calls, e.bench_repeats, e.bench_seconds, "SPP pooling", progress)
+        times = round_robin(calls, b.repeats, b.seconds, "SPP pooling", progress)
     median = {key: 1e3 * float(np.median(t)) for key, t in times.items()}
     return pd.DataFrame([{"SPP pooling": form, "batch": batch, "map": f"{channels}x{side}x{side}",
                           "p50 ms": median[form, batch],
                           "speed-up over parallel": round(median[parallel, batch] / median[form, batch], 2)}
                          for form, batch in calls])
-
-
-@dataclass
-class Int8Study:
-    """INT8 against FP32 for one trained network (see :func:`int8_study`)."""
-    table: pd.DataFrame     # one row per engine: batch-1 throughput, speed-up over FP32, test MAE
-    profile: Profile        # where the time goes, FP32 and the default recipe (else the first)
-
-
-def int8_study(cfg: Config, model: nn.Module, faces: FaceSet, split: Split,
-               recipes: Sequence[Int8Recipe] = INT8_RECIPES, progress: bool = True) -> Int8Study:
-    """Quantise ``model`` (trained on ``faces``) with each recipe, calibrated on real training
-    faces; measure every engine's test MAE at the training size and its batch-1 latency at the
-    benchmark size in one interleaved run; profile FP32 and the default recipe (the first where
-    the default is not among ``recipes``) by operator type."""
-    e = cfg.eval
-    with tempfile.TemporaryDirectory(prefix="fadenet-int8-") as folder, torch_threads(e.bench_threads):
-        fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
-        calibration = calibration_batch(faces, split)
-        int8 = [quantize_int8(fp32, Path(folder) / f"int8-{i}.onnx", calibration, recipe)
-                for i, recipe in enumerate(tqdm(recipes, desc="quantising", disable=not progress, leave=False))]
-        paths = {"ONNX Runtime FP32": fp32}
-        for recipe, path in zip(recipes, int8):
-            paths[f"ONNX Runtime INT8, {recipe.label}{' (default)' if recipe == DEFAULT_INT8 else ''}"] = path
-        profiled = int8[list(recipes).index(DEFAULT_INT8)] if DEFAULT_INT8 in recipes else int8[0]
-        sessions = {name: ort_session(path, e.bench_threads) for name, path in paths.items()}
-        mae = mae_by_engine(model, sessions, faces, split.test, progress)
-        x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
-        calls = {"PyTorch FP32": functools.partial(model.eval(), torch.from_numpy(x))}
-        calls.update({name: functools.partial(s.run, None, {INPUT: x}) for name, s in sessions.items()})
-        with torch.inference_mode():
-            for call in calls.values():
-                for _ in range(WARMUP):
-                    call()
-            times = round_robin(calls, e.bench_repeats, e.bench_seconds, "INT8 recipes", progress)
-        profile = op_profile({"FP32": fp32, "INT8": profiled}, x, e.bench_threads)
-    per_second = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
-    fp32_mae, fp32_speed = mae["ONNX Runtime FP32"], per_second["ONNX Runtime FP32"]
-    table = pd.DataFrame([{"engine": name, f"images/s (batch 1, {e.bench_size}px)": per_second[name],
-                           "speed-up over ONNX Runtime FP32": round(per_second[name] / fp32_speed, 2),
-                           f"test MAE ({faces.size}px)": mae[name],
-                           "MAE - FP32 MAE": mae[name] - fp32_mae} for name in calls])
-    return Int8Study(table, profile)
-
-
-def network_profile(cfg: Config, model: nn.Module, faces: FaceSet, split: Split) -> Profile:
-    """Where ONNX Runtime spends a batch-1 call of ``model`` at the benchmark size, in FP32 and
-    in the default INT8 recipe (calibrated on real training faces)."""
-    e = cfg.eval
-    with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder, torch_threads(e.bench_threads):
-        fp32 = export_onnx(model, Path(folder) / "fp32.onnx", faces.size)
-        calibration = calibration_batch(faces, split)
-        int8 = quantize_int8(fp32, Path(folder) / "int8.onnx", calibration)
-        x = face_batch(faces, spread_rows(faces, split.test, 1), e.bench_size)
-        return op_profile({"FP32": fp32, "INT8": int8}, x, e.bench_threads)
-
-
-@dataclass
-class Profile:
-    """Where ONNX Runtime spends one call of each graph (milliseconds per call, from its own
-    profiler; the first call left out)."""
-    operators: pd.DataFrame  # by operator type (rows), one column per graph, busiest first, with the total
-    nodes: pd.DataFrame      # the busiest nodes of each graph, alike nodes (same operator and shapes) summed
-
-
-def op_profile(graphs: dict[str, Path], x: np.ndarray, threads: int, runs: int = 20, top: int = 8) -> Profile:
-    """Profile ``runs`` calls of each graph on the batch ``x``; ``top`` nodes per graph."""
-    kernels = pd.concat([_kernel_times(path, x, threads, runs).assign(graph=name) for name, path in graphs.items()])
-    operators = kernels.pivot_table(index="operator", columns="graph", values="ms", aggfunc="sum", fill_value=0.0)
-    operators = operators[list(graphs)].rename(columns=lambda g: f"{g} ms/call")
-    operators = operators.loc[operators.max(axis=1).sort_values(ascending=False).index]
-    operators.columns.name = None
-    operators.loc["total"] = operators.sum()
-    nodes = (kernels.groupby(["graph", "operator", "shapes"], sort=False)["ms"].agg(["sum", "size"]).reset_index()
-             .rename(columns={"sum": "ms/call", "size": "nodes"}))
-    nodes["share of the call"] = nodes["ms/call"] / nodes["graph"].map(kernels.groupby("graph")["ms"].sum())
-    nodes = nodes.sort_values("ms/call", ascending=False).groupby("graph", sort=False).head(top)
-    nodes = nodes.sort_values("graph", key=lambda g: g.map(list(graphs).index), kind="stable")
-    return Profile(operators.round(3), nodes.reset_index(drop=True).round(3))
-
-
-def _kernel_times(path: Path, x: np.ndarray, threads: int, runs: int) -> pd.DataFrame:
-    """One row per node of the graph: operator, its input -> output shapes, ms per call."""
-    with tempfile.TemporaryDirectory(prefix="fadenet-profile-") as folder:
-        session = ort_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
-        for _ in range(runs + 1):
-            session.run(None, {INPUT: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
-    calls = sorted((ev for ev in events if ev.get("name") == "model_run"), key=lambda ev: ev["ts"])
-    after_first = calls[0]["ts"] + calls[0]["dur"]
-    rows = [(ev["name"], ev["args"]["op_name"], _shapes(ev["args"]), ev["dur"]) for ev in events
-            if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > after_first]
-    table = pd.DataFrame(rows, columns=["node", "operator", "shapes", "us"])
-    table = table.groupby(["node", "operator", "shapes"], sort=False)["us"].sum().reset_index()
-    table["ms"] = table.pop("us") / (len(calls) - 1) / 1e3
-    return table.drop(columns="node")
-
-
-def _shapes(args: dict) -> str:
-    """"3840x7x7 -> 512x7x7": a node's first input and first output without the batch axis."""
-    def first(key: str) -> str:
-        shapes = [list(s.values())[0] for s in args.get(key, [])]
-        return "x".join(map(str, shapes[0][1:])) if shapes and shapes[0] else "?"
-    return f"{first('input_type_shape')} -> {first('output_type_shape')}"

@@ -2,7 +2,6 @@
 they were trained on or, cross-dataset, on every face of another dataset."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,16 +9,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config
+from ..config import EVAL_PARTS
 from ..data import load_split, prepare
-from ..figures import SOURCE_NAMES
+from ..data.sources import SOURCE_NAMES
 from ..io import atomic_path
-from ..training import CheckpointError, load_model
+from ..model import predict_probs
+from ..training import CheckpointError, data_config, load_model
 from ..training.trainer import auto_precision
 from .metrics import predictions_table, summary
-from .predict import predict_probs
 
-PARTS = ("test", "val", "train", "all")
 
 
 @dataclass
@@ -73,8 +71,8 @@ def evaluate(checkpoints: list[str | Path], tta: str = "none", source: str | Non
     training, and ``part`` of its saved split. With ``source`` naming another dataset the
     evaluation is cross-dataset: every usable face of it counts as test.
     """
-    if part not in PARTS:
-        raise ValueError(f"part={part!r} is not one of {', '.join(PARTS)}")
+    if part not in EVAL_PARTS:
+        raise ValueError(f"part={part!r} is not one of {', '.join(EVAL_PARTS)}")
     models, trained_cfg, states = load_ensemble(checkpoints, device)
     trained_on = states[0].get("data_source") or trained_cfg.data.source
     cfg = data_config(trained_cfg, source or trained_on, data_root, cross=bool(source) and source != trained_on)
@@ -105,18 +103,6 @@ def tta_grid(checkpoints: dict[str, str | Path], faces, rows: np.ndarray, modes=
         for mode in modes:
             probs[("ensemble", mode)] = np.mean([probs[(name, mode)] for name in checkpoints], axis=0)
     return {key: predictions_table(p, ages, paths) for key, p in probs.items()}
-
-
-def data_config(trained: Config, source: str, data_root: str | Path | None, cross: bool) -> Config:
-    """The checkpoint's data settings pointed at ``source``: same size and framing; a whole
-    dataset (no subset) when it is another one than the model was trained on."""
-    cfg = copy.deepcopy(trained)
-    overrides = {"data.source": source}
-    if data_root:
-        overrides["data.root"] = str(data_root)
-    if cross:
-        overrides["data.subset"] = 0
-    return cfg.override(overrides)
 
 
 def save_predictions(evaluation: Evaluation, path: str | Path | None = None) -> Path:

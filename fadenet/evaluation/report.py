@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..figures import SOURCE_NAMES
+from ..data.sources import SOURCE_NAMES
 from .metrics import cumulative_scores, mae_per_group
 
 # The FADE-Net README's AFAD table (stratified 80-10-10): reported there, not measured here.
@@ -38,6 +38,28 @@ def ablation_figure(table: pd.DataFrame, floor: float, caption_budget: str) -> p
     ax.set_yticks(y, [f"{v} ({b}, {i})" for v, b, i in zip(table["variant"], table["backbone"], table["init"])])
     ax.set(xlabel="test MAE (years), mean ± std over seeds", title=f"Ablation under one budget: {caption_budget}")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def effects_figure(effects: pd.DataFrame, caption_budget: str) -> plt.Figure:
+    """Each idea's effect on test MAE (with it - without it) with its 95% interval: the t-interval
+    over seeds where there are two or more, else the bootstrap over test faces. Left of zero the
+    idea helps."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(effects) + 1.6))
+    y = np.arange(len(effects))[::-1]
+    several = effects["seeds"] >= 2
+    low = np.where(several, effects["t low"], effects["bootstrap low"])
+    high = np.where(several, effects["t high"], effects["bootstrap high"])
+    x = effects["effect (years)"].to_numpy()
+    known = ~np.isnan(low)
+    ax.errorbar(x[known], y[known], xerr=[x[known] - low[known], high[known] - x[known]], fmt="o",
+                color="tab:blue", capsize=3)
+    ax.plot(x[~known], y[~known], "o", color="tab:gray")
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(y, [f"{i} (n={n})" for i, n in zip(effects["idea"], effects["seeds"])])
+    ax.set(xlabel="effect on test MAE (years): with the idea - without it; 95% interval",
+           title=f"What each idea does: {caption_budget}")
     fig.tight_layout()
     return fig
 
@@ -124,8 +146,10 @@ def tta_findings(seeds: pd.DataFrame) -> list[str]:
 
 
 def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: pd.DataFrame,
-                  protocols: pd.DataFrame, parameters: int, full: dict | None = None) -> list[dict]:
+                  protocols: pd.DataFrame | None, parameters: int, full: dict | None = None,
+                  kfold_variant: str | None = None) -> list[dict]:
     """This workbook's numbers for the literature table, each naming data, protocol and profile.
+    ``protocols`` (of ``kfold_variant``, default ``variant``) adds the kfold mean, if given.
     ``full`` adds chapter 03's model (trained on the whole training split): a dict with its
     ``method`` label, ``backbone``, ``parameters`` and its test MAE per TTA mode (``tta``)."""
     where = f"measured here: profile {cfg.profile}, eval.ablation_budget={cfg.eval.ablation_budget:g}, notebook 05"
@@ -136,9 +160,10 @@ def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: 
             {"method": f"{variant} (this workbook), {single}, no TTA",
              "MAE": round(by_model.loc[single, "test MAE, TTA none"], 3)}]
     rows = [dict(r, protocol=f"stratified {cfg.data.split}") for r in rows if r]
-    kfold = protocols[(protocols["protocol"] == "kfold") & (protocols["rotation"] == "mean ± std")]
-    rows.append({"method": f"{variant} (this workbook), seed 42, no TTA", "MAE": kfold["test MAE"].iloc[0],
-                 "protocol": "5 kfold rotations (mean ± std)"})
+    if protocols is not None:
+        kfold = protocols[(protocols["protocol"] == "kfold") & (protocols["rotation"] == "mean ± std")]
+        rows.append({"method": f"{kfold_variant or variant} (this workbook), seed 42, no TTA", "MAE": kfold["test MAE"].iloc[0],
+                     "protocol": "5 kfold rotations (mean ± std)"})
     rows = [dict(r, backbone=backbone, parameters=f"{parameters / 1e6:.2f}M", source=where) for r in rows]
     if full:
         chapter03 = f"measured here: profile {cfg.profile}, whole training split, notebooks 03 and 05"

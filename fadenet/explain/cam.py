@@ -23,8 +23,8 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
-from ..data.loader import FACE_ZONES, normalize, to_tensor
-from ..model import AgeNet, eval_mode, predict
+from ..data.loader import FACE_ZONES
+from ..model import AgeNet, eval_mode, normalize, predict, to_tensor
 
 
 class SignedEigenCAM(EigenCAM):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.sources import AGE_GROUPS, age_group
-from ..evaluation.predict import expected_age, predict_probs
+from ..model import expected_age, predict_probs
 from ..model import AgeNet
 from .cam import METHOD_NAMES, METHODS, cam_layer, compute_cams, face_region, mass_inside, overlay
 

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..config import ROOT
 from ..data.faces import ImageReadError
-from ..io import atomic_path
+from ..io import atomic_path, shown_path
 from .predictor import AgePredictor, FacePrediction, read_image
 
 log = logging.getLogger("fadenet.predict")
@@ -50,7 +51,8 @@ class BatchResult:
         inputs = t["input"].nunique()
         faces = int(t["predicted_age"].notna().sum())
         errors = int(t["error"].fillna("").astype(bool).sum())
-        text = f"{inputs} inputs; faces predicted: {faces}; rows with an error: {errors}; CSV {self.csv}"
+        text = (f"{inputs} inputs; faces predicted: {faces}; rows with an error: {errors}; "
+                f"CSV {shown_path(self.csv, [('', Path.cwd()), ('', ROOT)])}")
         if self.videos:
             text += "; annotated videos: " + ", ".join(map(str, self.videos))
         return text + (" (interrupted: rows so far)" if self.interrupted else "")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..data import faces
-from ..evaluation.predict import predict_probs
+from ..model import predict_probs
 from ..model import AgeNet
 from ..training import load_model
 from ..training.trainer import auto_precision

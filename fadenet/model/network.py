@@ -2,10 +2,9 @@
 multi-scale feature fusion and spatial pyramid pooling, and an 81-way age head."""
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 from ..config import ConfigError, ModelConfig
+from .predict import eval_mode
 from .weights import load_pretrained
 
 FUSION_CHANNELS = 64
@@ -204,24 +204,6 @@ def build_model(cfg: ModelConfig) -> AgeNet:
         if module is not None:
             _init_new_layers(module)
     return net
-
-
-def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(age distribution, expected age): softmax of the logits and its mean over ages 0..K-1."""
-    probs = torch.softmax(logits, dim=-1)
-    ages = torch.arange(logits.shape[-1], dtype=probs.dtype, device=probs.device)
-    return probs, (probs * ages).sum(-1)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the block, then the module's previous mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _backbone_spec(cfg: ModelConfig) -> BackboneSpec:

@@ -1,9 +1,7 @@
-"""Tables and the block diagram of the architecture chapter (notebook 02), and the variants
-that the ablation chapter (notebook 04) trains."""
+"""Tables and the block diagram of the architecture chapter (notebook 02)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -14,86 +12,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops.misc import SqueezeExcitation
 
-from ..config import Config, ModelConfig, load_config
-from .network import AgeNet, CoordinateAttention, build_model, eval_mode
-from .summary import count_macs, parameter_table
+from ..config import ModelConfig, load_config
+from ..io import shown_path
+from .network import AgeNet, CoordinateAttention, build_model
+from .predict import eval_mode
+from .summary import count_macs, count_parameters, parameter_table
+from .variants import VANILLA, VARIANTS, build_variant, overrides_text, variant_config
 from .weights import resolve_backbone, weight_file, weights_obtainable
-
-# Every variant is a complete set of the switches, so that applying it to any configuration
-# gives the same network and loss whatever that configuration had switched on before.
-PAPER: dict[str, Any] = {"model.arch": "fadenet", "model.backbone": "mobilenet_v3_large",
-                         "model.ca": True, "model.msff": True, "model.spp": True, "loss.dldl_v2": True}
-_PLAIN = {**PAPER, "model.ca": False, "model.msff": False, "model.spp": False, "loss.dldl_v2": False}
-
-# The ablation of notebook 04 is additive: the baseline (MobileNetV3-Large, GAP, the head,
-# plain DLDL) plus one idea at a time, then all four. With every switch off, arch=fadenet is
-# the same network as arch=baseline (see baseline_representations); writing it with the
-# switches keeps each variant one key away from the baseline.
-ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
-    "baseline": dict(_PLAIN),
-    "+ca": {**_PLAIN, "model.ca": True},
-    "+msff": {**_PLAIN, "model.msff": True},
-    "+spp": {**_PLAIN, "model.spp": True},
-    "+dldl_v2": {**_PLAIN, "loss.dldl_v2": True},
-    "fadenet": dict(PAPER),
-    # MobileNetV2's may be the only ImageNet weights a machine without a network holds; whether they
-    # are used follows the profile's model.pretrained (auto: when they can be loaded, loudly not).
-    # The pair measures all four ideas at once on a backbone that starts from ImageNet there.
-    "baseline_mbv2": {**_PLAIN, "model.backbone": "mobilenet_v2"},
-    "fadenet_mbv2": {**PAPER, "model.backbone": "mobilenet_v2"},
-}
-LEAVE_ONE_OUT: dict[str, dict[str, Any]] = {
-    f"-{key.split('.')[1]}": {**PAPER, key: False}
-    for key in ("model.ca", "model.msff", "model.spp", "loss.dldl_v2")
-}
-BACKBONE_BASELINES: dict[str, dict[str, Any]] = {
-    name: {**PAPER, "model.arch": "baseline", "model.backbone": name}
-    for name in ("mobilenet_v3_small", "mobilenet_v2", "resnet18")
-}
-VANILLA = "torchvision mobilenet_v3_large"
-
-DESCRIPTIONS = {
-    "baseline": "MobileNetV3-Large features + GAP + head",
-    "+ca": "baseline + coordinate attention (blocks 12-15)",
-    "+msff": "baseline + texture/semantic fusion",
-    "+spp": "baseline + SPP bottleneck",
-    "+dldl_v2": "baseline network, DLDL-v2 loss",
-    "fadenet": "FADE-Net as in the paper: all four ideas",
-    "baseline_mbv2": "MobileNetV2 features + GAP + head, plain DLDL",
-    "fadenet_mbv2": "all four ideas on MobileNetV2",
-    "-ca": "FADE-Net without CA (blocks 12-15 keep SE)",
-    "-msff": "FADE-Net without fusion (no 128-d texture vector)",
-    "-spp": "FADE-Net without SPP (GAP of the 960-ch map)",
-    "-dldl_v2": "FADE-Net network, plain DLDL loss",
-    "mobilenet_v3_small": "MobileNetV3-Small features + GAP + head",
-    "mobilenet_v2": "MobileNetV2 features + GAP + head",
-    "resnet18": "ResNet-18 features + GAP + head",
-    VANILLA: "the 1000-class ImageNet classifier, for reference",
-}
-GROUPS = (("additive ablation (notebook 04)", ABLATION_VARIANTS), ("leave one out", LEAVE_ONE_OUT),
-          ("other backbones", BACKBONE_BASELINES))
-
-
-def variant_config(overrides: dict[str, Any]) -> Config:
-    """The paper configuration with a variant's overrides, built without ImageNet weights
-    (sizes and costs do not depend on the weights)."""
-    return load_config("paper", overrides, {"model.pretrained": "none"})
-
-
-def build_variant(name: str) -> AgeNet:
-    """The network of a named variant (see :data:`ABLATION_VARIANTS`), randomly initialised."""
-    for _, variants in GROUPS:
-        if name in variants:
-            return build_model(variant_config(variants[name]).model)
-    raise KeyError(f"no variant {name!r}; known: {', '.join(n for _, v in GROUPS for n in v)}")
-
-
-def overrides_text(overrides: dict[str, Any]) -> str:
-    """The keys in which a variant differs from the paper profile, as ``key=value`` words."""
-    paper = load_config("paper")
-    changed = [f"{key}={_word(value)}" for key, value in overrides.items()
-               if _value(paper, key) != value]
-    return " ".join(changed) or "(none: the paper configuration)"
 
 
 def variant_table(size: int = 224) -> pd.DataFrame:
@@ -101,26 +26,25 @@ def variant_table(size: int = 224) -> pd.DataFrame:
     and its multiply-adds for one ``size`` x ``size`` image."""
     macs = f"M multiply-adds @{size}px"
     rows = []
-    for group, variants in GROUPS:
-        for name, overrides in variants.items():
-            cfg = variant_config(overrides)
-            model = build_model(cfg.model)
-            rows.append({"group": group, "variant": name, "description": DESCRIPTIONS[name],
-                         "overrides": overrides_text(overrides),
-                         "loss": "DLDL-v2" if cfg.loss.dldl_v2 else "plain DLDL",
-                         "parameters": _count(model), macs: round(count_macs(model, size) / 1e6, 1)})
+    for name, v in VARIANTS.items():
+        cfg = variant_config(name)
+        model = build_model(cfg.model)
+        rows.append({"group": v.group, "variant": name, "description": v.description,
+                     "overrides": overrides_text(name), "loss": "DLDL-v2" if cfg.loss.dldl_v2 else "plain DLDL",
+                     "parameters": count_parameters(model), macs: round(count_macs(model, size) / 1e6, 1)})
     vanilla = torchvision.models.mobilenet_v3_large()
-    rows.append({"group": "reference", "variant": VANILLA, "description": DESCRIPTIONS[VANILLA],
+    rows.append({"group": "reference", "variant": VANILLA,
+                 "description": "the 1000-class ImageNet classifier, for reference",
                  "overrides": "(not an age model)", "loss": "ImageNet cross-entropy",
-                 "parameters": _count(vanilla), macs: round(count_macs(vanilla, size) / 1e6, 1)})
+                 "parameters": count_parameters(vanilla), macs: round(count_macs(vanilla, size) / 1e6, 1)})
     return pd.DataFrame(rows)
 
 
 def baseline_representations() -> dict[str, int]:
     """Parameters of the ablation baseline written both ways the configuration allows."""
-    as_switches = build_model(variant_config(ABLATION_VARIANTS["baseline"]).model)
-    as_arch = build_model(variant_config({"model.arch": "baseline"}).model)
-    return {"arch=fadenet, ca=msff=spp=false": _count(as_switches), "arch=baseline": _count(as_arch)}
+    as_switches = build_variant("baseline")
+    as_arch = build_model(load_config("paper", {"model.pretrained": "none", "model.arch": "baseline"}).model)
+    return {"arch=fadenet, ca=msff=spp=false": count_parameters(as_switches), "arch=baseline": count_parameters(as_arch)}
 
 
 def part_costs(model: AgeNet, size: int = 224) -> pd.DataFrame:
@@ -155,9 +79,9 @@ def macs_comparison(size: int = 224) -> pd.DataFrame:
     meta = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V2.meta
     classifier = "MobileNetV3-Large, the 1000-class ImageNet classifier"
     rows = [
-        ("FADE-Net (paper configuration)", _count(fadenet), count_macs(fadenet, size),
+        ("FADE-Net (paper configuration)", count_parameters(fadenet), count_macs(fadenet, size),
          "4.84M", "not stated", "FADE-Net README"),
-        (classifier, _count(vanilla), count_macs(vanilla, size),
+        (classifier, count_parameters(vanilla), count_macs(vanilla, size),
          "5.48M", "not stated", "FADE-Net README ('vanilla MobileNetV3-Large')"),
         (classifier, None, None, "5.4M", "219M MAdds", "MobileNetV3 paper (Howard et al., 2019), Table 3"),
         (classifier, None, None, f"{meta['num_params']:,}", f"{meta['_ops']} 'GFLOPS'",
@@ -221,7 +145,8 @@ def backbone_choice(cfg_model: ModelConfig) -> str:
         return f"model.backbone=auto with model.pretrained=none: {chosen}, from random weights as asked."
     lines = [f"model.backbone=auto resolves to {chosen} here. ImageNet weights, in order of preference:"]
     lines += [f"  {name}: {'obtainable' if weights_obtainable(name) else 'NOT obtainable'} "
-              f"({weight_file(name)} {'is present' if weight_file(name).is_file() else 'is absent'})"
+              f"({shown_path(weight_file(name), [('$TORCH_HOME/hub', torch.hub.get_dir())])} "
+              f"{'is present' if weight_file(name).is_file() else 'is absent'})"
               for name in ("mobilenet_v3_large", "mobilenet_v2")]
     if not weights_obtainable(chosen):
         lines.append(f"Neither file can be had, so {chosen} starts from RANDOM weights.")
@@ -339,16 +264,3 @@ def _attention_kind(block: nn.Module) -> str:
 
 def _hw(shape: tuple[int, ...]) -> str:
     return f"{shape[2]}x{shape[3]}"
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _value(cfg, key: str) -> Any:
-    section, _, name = key.partition(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def _word(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)

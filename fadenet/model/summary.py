@@ -7,16 +7,22 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops.misc import SqueezeExcitation
 
-from .network import AgeNet, CoordinateAttention, eval_mode
+from .network import AgeNet, CoordinateAttention
+from .predict import eval_mode
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    """Number of parameters (trainable or not) of ``module``; 0 for None."""
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
 def parameter_table(model: AgeNet) -> pd.DataFrame:
     """Parameters of backbone (without its attention modules), attention (CA or SE modules
     inside the backbone), fusion, spp, head and their total, with each part's share."""
-    attention = sum(_count(m) for m in model.backbone.modules()
+    attention = sum(count_parameters(m) for m in model.backbone.modules()
                     if isinstance(m, (CoordinateAttention, SqueezeExcitation)))
-    counts = {"backbone": _count(model.backbone) - attention, "attention": attention,
-              "fusion": _count(model.fusion), "spp": _count(model.spp), "head": _count(model.head)}
+    counts = {"backbone": count_parameters(model.backbone) - attention, "attention": attention,
+              "fusion": count_parameters(model.fusion), "spp": count_parameters(model.spp), "head": count_parameters(model.head)}
     counts["total"] = sum(counts.values())
     table = pd.DataFrame({"parameters": counts})
     table.index.name = "part"
@@ -47,7 +53,3 @@ def format_summary(model: AgeNet, size: int = 224) -> str:
     lines.append(f"multiply-adds at {size}x{size}: {macs / 1e6:,.1f} M "
                  "(1 multiply-add = 2 FLOPs; conv, linear and matmul only)")
     return "\n".join(lines)
-
-
-def _count(module: nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0

@@ -25,7 +25,7 @@ from ..config import Config
 from ..data import FaceSet, Split
 from ..runtime import cpu_features, cpu_info, usable_cores
 from . import parallel
-from .trainer import Trainer, resolved
+from .trainer import Trainer, resolved, training_device
 
 # name -> settings; every mode names all of them, so none inherits the profile's choice
 _FP32 = {"train.precision": "fp32", "train.compile": "false", "train.processes": 1}
@@ -42,6 +42,8 @@ MODES: dict[str, dict] = {
     "the trainer's default (auto)": {},
 }
 BARE = ("channels-last (the earlier default)", "the trainer's default (auto)")
+# one GPU runs one training process: the CPU's process-per-core mode has no meaning there
+CPU_ONLY = ("channels-last, one process per core",)
 SLOW = 5.0  # a mode whose step (after the first two) takes this many times the first mode's: one step a round
 
 
@@ -60,13 +62,20 @@ class ModeResult:
         return float(np.median(self.rates))
 
 
+def device_modes(cfg: Config, words: list[str] | None = None) -> list[str]:
+    """The modes that mean something on the device ``cfg`` trains on (on a GPU, bf16 autocast is
+    its automatic mixed precision), those whose names contain one of ``words`` if given."""
+    gpu = training_device(cfg).type == "cuda"
+    return [m for m in MODES if not (gpu and m in CPU_ONLY) and (not words or any(w in m for w in words))]
+
+
 def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] | None = None,
                    steps: int = 6, rounds: int = 3) -> list[ModeResult]:
     """Images/s of each mode's real training step (see the module's text), ``rounds`` rounds of
     ``steps`` steps each."""
     runners, results, probe = {}, {}, {}
     try:
-        for name in modes or list(MODES):
+        for name in modes or device_modes(cfg):
             mode_cfg = resolved(copy.deepcopy(cfg).override(_settings(MODES[name], cfg)))
             runner = _runner(mode_cfg, faces, split)
             runners[name] = runner
@@ -140,6 +149,8 @@ class _Steps:
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             self._loop_step() if kind == "loop" else self._bare_step()
+        if self.trainer.device.type == "cuda":  # kernels run asynchronously: time them to the end
+            torch.cuda.synchronize(self.trainer.device)
         self.group.barrier()
         return time.perf_counter() - start, time.process_time() - cpu
 
@@ -233,4 +244,5 @@ def modes_frame(results: list[ModeResult]) -> pd.DataFrame:
 
 
 def machine_text() -> str:
-    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores"
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores{gpu}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, config_from_dict
+from ..data import FaceSet, Split, load_split, prepare
 from ..model import AgeNet, build_model
 
 CHECKPOINT_FORMAT = "fadenet-checkpoint-1"
@@ -62,6 +63,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ag
     load_weights(model, path, state)
     model.meta.update(state.get("meta", {}))
     return model.to(device).eval(), cfg, state
+
+
+def data_config(trained: Config, source: str, data_root: str | Path | None = None, cross: bool = False) -> Config:
+    """A checkpoint's data settings pointed at ``source`` (and ``data_root``): same size and
+    framing; with ``cross`` (another dataset than it learnt from), the whole dataset, no subset."""
+    cfg = copy.deepcopy(trained)
+    overrides = {"data.source": source}
+    if data_root:
+        overrides["data.root"] = str(data_root)
+    if cross:
+        overrides["data.subset"] = 0
+    return cfg.override(overrides)
+
+
+def trained_faces(cfg: Config, state: dict, progress: bool = True) -> tuple[FaceSet, Split]:
+    """The faces a checkpoint (its config and contents, from :func:`load_model`) was trained on,
+    framed and sized as in training, and their split."""
+    data_cfg = data_config(cfg, state.get("data_source") or cfg.data.source)
+    faces = prepare(data_cfg, progress=progress)
+    return faces, load_split(faces, data_cfg)
 
 
 def load_weights(model: AgeNet, path: str | Path, state: dict | None = None) -> None:

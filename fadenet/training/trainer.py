@@ -4,8 +4,9 @@ A run lives in ``runs/<run id>/``, the id naming everything in the resolved conf
 the result, so the same config finds its finished run again instead of training twice. It holds
 ``config.yaml``, ``meta.json`` (status, data, initialisation, results), ``log.csv`` (one row
 per epoch), ``batches.csv`` (one row per batch), TensorBoard events in ``tb/``, ``train.log``,
-``last.pt`` (full training state, written atomically after every epoch) and ``best.pt`` (EMA
-weights of the best validation epoch).
+``last.pt`` (full training state, written atomically after every epoch), ``best.pt`` (EMA
+weights of the best validation epoch) and ``test_predictions.csv`` (the best weights' predicted
+age of every test face).
 
 Every source of randomness of epoch e is seeded from (seed, e), so a run killed mid-epoch and
 started again resumes from its last checkpoint and ends exactly where an uninterrupted run
@@ -32,10 +33,9 @@ from ..config import Config, ConfigError, config_from_dict
 from ..data import FaceSet, Split, load_split, prepare
 from ..data.cache import stratified_pick
 from ..data.loader import Batches, mixup
-from ..evaluation.predict import expected_age, predict_probs
 from ..io import atomic_path, atomic_write_text
-from ..model import build_model, predict, resolve_backbone, weights_obtainable
-from ..runtime import native_bf16
+from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
+from ..runtime import fast_bf16
 from . import parallel
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
@@ -88,12 +88,12 @@ def training_device(cfg: Config) -> torch.device:
 
 
 def auto_precision(device: torch.device) -> str:
-    """bf16 where the device multiplies it natively (CUDA GPUs that support it, CPUs with
-    AVX-512-BF16 or AMX); fp16 on older GPUs; fp32 elsewhere, where bf16 is emulated and slow.
-    Precision is part of a run's identity: it changes the numbers, not only the speed."""
+    """bf16 on GPUs that support it and on CPUs with AMX, fp16 on older GPUs, fp32 on other CPUs:
+    emulated bf16 (AVX2) is many times slower, and native AVX-512-BF16 was no faster than FP32
+    (see fadenet.runtime). Precision is part of a run's identity: it changes the numbers."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16() else "fp32"
+    return "bf16" if fast_bf16() else "fp32"
 
 
 def run_folder(cfg: Config) -> Path:
@@ -186,10 +186,15 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         if t.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+        if t.sync_bn and self.group.world > 1 and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs CUDA devices (SyncBatchNorm); on CPUs each process "
+                              "normalises its share of the batch: set train.sync_bn=false")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         torch.manual_seed(t.seed)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model).to(self.device, memory_format=self.memory_format)
+        if t.sync_bn and self.group.world > 1:  # same parameters and buffers: checkpoints load anywhere
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True)
         fused = {"fused": True} if t.fused_adamw else {}
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay, t.backbone_lr_scale),
@@ -209,7 +214,7 @@ class Trainer:
         self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
         self.batches = Batches(faces.images, faces.ages, self.train_rows, t.batch_size, train=True,
                                seed=t.seed, erase_p=t.erase_p, augment=t.augment,
-                               shard=(self.group.rank, self.group.world))
+                               shard=(self.group.rank, self.group.world), device=self.device)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
@@ -352,14 +357,20 @@ class Trainer:
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, memory_format=self.memory_format)
 
-    @torch.no_grad()
     def validate(self, rows: np.ndarray | None = None) -> tuple[float, float]:
         """(loss, MAE) of the EMA weights on the validation rows (no augmentation, no TTA)."""
         rows = self.split.val if rows is None else rows
+        return self._scores(rows, self._probs(rows))
+
+    def _probs(self, rows: np.ndarray) -> np.ndarray:
+        """The EMA weights' age distributions of ``rows``, every process predicting its share."""
         self.group.broadcast_state(self.ema.module)  # one model, whichever process validates which faces
         mine = predict_probs(self.ema.module, self.faces.images, self.group.share(rows), batch_size=256,
                              device=self.device, precision=self.cfg.train.precision)
-        probs = self.group.gather(mine, len(rows))
+        return self.group.gather(mine, len(rows))
+
+    @torch.no_grad()
+    def _scores(self, rows: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
         ages = torch.as_tensor(self.faces.ages[rows], dtype=torch.float32)
         k = self.cfg.model.num_classes
         target = target_distribution(ages, label_sigma(ages, self.cfg.loss, k, jitter=False), k)
@@ -422,7 +433,14 @@ class Trainer:
     def _finish(self) -> None:
         best = load_checkpoint_file(self.folder / "best.pt", expect=self.cfg)
         self.ema.module.load_state_dict(best["model"])
-        test_loss, test_mae = self.validate(self.split.test) if len(self.split.test) else (float("nan"),) * 2
+        test_loss, test_mae = float("nan"), float("nan")
+        if len(self.split.test):
+            rows = self.split.test
+            probs = self._probs(rows)
+            test_loss, test_mae = self._scores(rows, probs)
+            if self.group.main:  # per face, for intervals over test faces (the ablation's bootstrap)
+                table = pd.DataFrame({"row": rows, "age": self.faces.ages[rows], "predicted": expected_age(probs)})
+                atomic_write_text(self.folder / "test_predictions.csv", table.to_csv(index=False, float_format="%.4f"))
         if self.group.main:
             self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
 
@@ -432,7 +450,7 @@ class Trainer:
                 "split": self.split.protocol, "fold": self.split.fold, "train": len(self.split.train),
                 "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.train_rows),
                 "size": self.faces.size,
-                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "parameters": count_parameters(self.model),
                 "precision": self.cfg.train.precision, "compiled": self.compiled, "processes": self.group.world,
                 "threads_per_process": torch.get_num_threads(),
                 "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,

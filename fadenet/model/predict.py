@@ -1,0 +1,119 @@
+"""Inference: from uint8 faces to predicted age distributions and ages.
+
+The network's input convention lives here (RGB in [0, 1], normalised with ImageNet's mean and
+standard deviation, as its backbone learnt), so that training, evaluation, deployment and the
+explorer all feed it the same way.
+
+Test-time augmentation (TTA) modes: ``none`` (the image), ``flip`` (the image and its mirror)
+and ``multi`` (each of the scales 0.9, 1.0, 1.1, a scaled view being resized and then
+centre-cropped or edge-padded back to the input size, each with its mirror: 6 views). The views'
+probability distributions are averaged, as are several models' in an ensemble.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+TTA_SCALES = (0.9, 1.0, 1.1)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # a slice of the read-only cache: torch wants memory it may own
+        array = array.copy()
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    return x * IMAGENET_STD.to(x.device) + IMAGENET_MEAN.to(x.device)
+
+
+def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(age distribution, expected age): softmax of the logits and its mean over ages 0..K-1."""
+    probs = torch.softmax(logits, dim=-1)
+    return probs, expected_age(probs)
+
+
+def expected_age(probs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """The mean of each age distribution (rows of ``probs`` over ages 0..K-1)."""
+    if isinstance(probs, torch.Tensor):
+        return (probs * torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)).sum(-1)
+    return probs @ np.arange(probs.shape[-1], dtype=probs.dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the block, then the module's previous mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def tta_views(x: torch.Tensor, mode: str, scales: Sequence[float] = TTA_SCALES) -> list[torch.Tensor]:
+    """The views of a normalised batch that ``mode`` averages over."""
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, x.flip(-1)]
+    if mode == "multi":
+        views = []
+        for s in scales:
+            v = rescale(x, s)
+            views += [v, v.flip(-1)]
+        return views
+    raise ValueError(f"TTA mode {mode!r} is not one of none, flip, multi")
+
+
+def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Zoom the batch by ``scale`` about its centre, keeping its size (1.0 returns ``x``)."""
+    if scale == 1.0:
+        return x
+    h, w = x.shape[-2:]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    y = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    if scale > 1:
+        top, left = (nh - h) // 2, (nw - w) // 2
+        return y[..., top:top + h, left:left + w]
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return F.pad(y, (left, w - nw - left, top, h - nh - top), mode="replicate")
+
+
+@torch.inference_mode()
+def predict_probs(models: nn.Module | Sequence[nn.Module], images: np.ndarray, rows: np.ndarray,
+                  tta: str = "none", scales: Sequence[float] = TTA_SCALES, batch_size: int = 128,
+                  device: str | torch.device = "cpu", progress: bool = False, precision: str = "fp32") -> np.ndarray:
+    """Predicted age distributions (N, K) of the uint8 faces ``images[rows]``, averaged over the
+    TTA views of ``tta`` and over ``models`` (an ensemble), in float32. ``precision`` bf16 or
+    fp16 runs the networks under autocast."""
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    rows = np.asarray(rows)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    out = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                                           enabled=dtype is not None))
+        for model in models:
+            stack.enter_context(eval_mode(model))
+        starts = range(0, len(rows), batch_size)
+        for start in tqdm(starts, desc=f"predict (TTA {tta})", unit="batch", disable=not progress):
+            x = normalize(to_tensor(images[rows[start:start + batch_size]])).to(device)
+            views = tta_views(x, tta, scales)
+            total = sum(torch.softmax(model(view).float(), dim=1) for model in models for view in views)
+            out.append((total / (len(models) * len(views))).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

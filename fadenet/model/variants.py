@@ -1,0 +1,101 @@
+"""The named variants of FADE-Net: the paper's configuration, the additive ablation (one idea at a
+time on the plain baseline), leave-one-out (the paper's network without one idea) and other
+backbones, each with what it is and the row it is compared with.
+
+A variant sets all four switches (coordinate attention, multi-scale fusion, SPP, DLDL-v2), so
+that applying it to any configuration gives the same network and loss whatever that
+configuration had switched on before. The ablation and leave-one-out variants leave the backbone
+to the configuration (MobileNetV3-Large in the paper profile; the ImageNet backbone that loads in
+the CPU profiles), so that one grid answers the paper's question on whichever backbone learns.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config, load_config
+from .network import AgeNet, build_model
+
+SWITCHES = ("model.ca", "model.msff", "model.spp", "loss.dldl_v2")
+ABLATION, LEAVE_ONE_OUT, BACKBONES = "additive ablation", "leave one out", "other backbones"
+GROUPS = (ABLATION, LEAVE_ONE_OUT, BACKBONES)
+VANILLA = "torchvision mobilenet_v3_large"  # the ImageNet classifier itself: a reference row, not an age model
+
+_ALL = {key: True for key in SWITCHES}
+_NONE = {key: False for key in SWITCHES}
+_IDEAS = {"ca": "coordinate attention (last 4 attention blocks)", "msff": "texture/semantic fusion",
+          "spp": "the SPP bottleneck", "dldl_v2": "the DLDL-v2 loss (plain DLDL otherwise)"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    group: str
+    settings: dict[str, Any]      # the config keys it sets
+    description: str
+    reference: str | None = None  # the variant its effect is measured against (paired by seed)
+
+
+def _registry() -> dict[str, Variant]:
+    out = [Variant("baseline", ABLATION, {"model.arch": "fadenet", **_NONE},
+                   "backbone features + GAP + head, plain DLDL")]
+    for idea, text in _IDEAS.items():
+        key = next(k for k in SWITCHES if k.endswith(idea))
+        out.append(Variant(f"+{idea}", ABLATION, {"model.arch": "fadenet", **_NONE, key: True},
+                           f"baseline + {text}", "baseline"))
+    out.append(Variant("fadenet", ABLATION, {"model.arch": "fadenet", **_ALL},
+                       "FADE-Net as in the paper: all four ideas", "baseline"))
+    for idea, text in _IDEAS.items():
+        key = next(k for k in SWITCHES if k.endswith(idea))
+        out.append(Variant(f"-{idea}", LEAVE_ONE_OUT, {"model.arch": "fadenet", **_ALL, key: False},
+                           f"FADE-Net without {text}", "fadenet"))
+    for backbone, title in (("mobilenet_v3_small", "MobileNetV3-Small"), ("mobilenet_v2", "MobileNetV2"),
+                            ("resnet18", "ResNet-18")):
+        out.append(Variant(backbone, BACKBONES, {**_ALL, "model.arch": "baseline", "model.backbone": backbone},
+                           f"{title} features + GAP + head"))
+    return {v.name: v for v in out}
+
+
+VARIANTS: dict[str, Variant] = _registry()
+
+
+def names(*groups: str) -> list[str]:
+    """The variants of ``groups`` (default: all), in registry order."""
+    return [n for n, v in VARIANTS.items() if not groups or v.group in groups]
+
+
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise KeyError(f"no variant {name!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def variant_config(name: str, cfg: Config | None = None) -> Config:
+    """``cfg`` (default: the paper profile without ImageNet weights, since sizes and costs do not
+    depend on them) with the variant's settings."""
+    base = copy.deepcopy(cfg) if cfg is not None else load_config("paper", {"model.pretrained": "none"})
+    return base.override(variant(name).settings)
+
+
+def build_variant(name: str, cfg: Config | None = None) -> AgeNet:
+    """The network of a named variant (on ``cfg``'s backbone and weights; default as in
+    :func:`variant_config`)."""
+    return build_model(variant_config(name, cfg).model)
+
+
+def overrides_text(name: str) -> str:
+    """The keys in which a variant differs from the paper profile, as ``key=value`` words."""
+    paper = load_config("paper")
+    changed = [f"{key}={_word(value)}" for key, value in variant(name).settings.items()
+               if _value(paper, key) != value]
+    return " ".join(changed) or "(none: the paper configuration)"
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, _, field = key.partition(".")
+    return getattr(getattr(cfg, section), field)
+
+
+def _word(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
