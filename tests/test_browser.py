@@ -126,6 +126,26 @@ def page_error(driver) -> str | None:
     return None
 
 
+def run_all(browser) -> None:
+    run_menu = wait_for(lambda: next((e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
+                                      if e.text.strip() == "Run"), None), 30, "the Run menu")
+    run_menu.click()
+    wait_for(lambda: next((e for e in browser.find_elements(By.CSS_SELECTOR, "li.lm-Menu-item")
+                           if e.text.startswith("Run All Cells")), None), 30, "Run All Cells in the Run menu").click()
+
+
+def _wait_quietly(condition: Callable[[], object], timeout: float, poll: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except WebDriverException:
+            pass
+        time.sleep(poll)
+    return False
+
+
 def test_explorer_renders_and_answers_in_jupyterlab(lab, browser):
     browser.get(f"{lab}/lab/tree/{NOTEBOOK.name}?token={TOKEN}")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell"), 180,
@@ -133,11 +153,14 @@ def test_explorer_renders_and_answers_in_jupyterlab(lab, browser):
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
              180, "the kernel to start")
 
-    run_menu = wait_for(lambda: next((e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
-                                      if e.text.strip() == "Run"), None), 30, "the Run menu")
-    run_menu.click()
-    wait_for(lambda: next((e for e in browser.find_elements(By.CSS_SELECTOR, "li.lm-Menu-item")
-                           if e.text.startswith("Run All Cells")), None), 30, "Run All Cells in the Run menu").click()
+    # a click on a page that is still settling can be lost: if no cell has started within a minute,
+    # choose Run All Cells once more (running the cells twice changes nothing that is checked)
+    for attempt in range(2):
+        run_all(browser)
+        started = _wait_quietly(lambda: any(p.text.strip() not in ("", "[ ]:") for p in
+                                            browser.find_elements(By.CSS_SELECTOR, ".jp-InputPrompt")), 60)
+        if started:
+            break
 
     sliders = wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".widget-slider")) >= 2
                        and browser.find_elements(By.CSS_SELECTOR, ".widget-slider"),

@@ -1,6 +1,6 @@
 """Tables and the figure of the speed chapter (notebook 07): the speed table by back-end, the
-targets of issue 6, the seeds' speed claims next to what is measured here, and speed against
-size and accuracy."""
+speed targets, the READMEs' speed claims next to what is measured here, and speed against size
+and accuracy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,7 +51,7 @@ def _rate(table: pd.DataFrame, model: str, backend: str, batch: int = 1) -> floa
 
 
 def targets(table: pd.DataFrame, study: Int8Study | None = None) -> pd.DataFrame:
-    """The targets of issue 6 at batch 1, each with what was measured and whether it is reached
+    """The speed and INT8 targets at batch 1, each with what was measured and whether it is reached
     (None where this run did not measure it). Both INT8 targets come from ``study`` when given,
     so that its speed and its MAE are of the same (trained) network; else speed from ``table``."""
     best = best_backend(table, "fadenet")
@@ -93,7 +93,7 @@ def spp_comparison(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def speed_claims(table: pd.DataFrame, hardware: str) -> pd.DataFrame:
-    """The seeds' speed claims ("reported", with their hardware) next to FADE-Net's batch-1
+    """The FADE-Net and HAL-Net READMEs' speed claims ("reported", with their hardware) next to FADE-Net's batch-1
     throughput measured here (with this machine's)."""
     eager = _rate(table, "fadenet", EAGER)
     cpu = table[~table["backend"].isin(CUDA_BACKENDS.values())]
