@@ -102,6 +102,7 @@ def paired_effects(runs: pd.DataFrame, level: float = 0.95, resamples: int = 200
     the pairs' differences averaged), which also serves a single seed. The bootstrap needs each
     run's ``test_predictions.csv``; without them it is left empty."""
     by_variant = {name: group.set_index("seed") for name, group in runs.groupby("variant", sort=False)}
+    face_errors = {path: _face_errors(path) for path in runs["checkpoint"]}  # each file read once
     rows = []
     for name in by_variant:
         v = variant(name)
@@ -114,8 +115,8 @@ def paired_effects(runs: pd.DataFrame, level: float = 0.95, resamples: int = 200
         diffs = np.array([by_variant[with_idea].loc[s, "test MAE"] - by_variant[without].loc[s, "test MAE"]
                           for s in seeds], dtype=float)
         t_low, t_high = t_interval(diffs, level)
-        errors = [(_face_errors(by_variant[with_idea].loc[s, "checkpoint"]),
-                   _face_errors(by_variant[without].loc[s, "checkpoint"])) for s in seeds]
+        errors = [(face_errors[by_variant[with_idea].loc[s, "checkpoint"]],
+                   face_errors[by_variant[without].loc[s, "checkpoint"]]) for s in seeds]
         b_low, b_high = (bootstrap_interval(errors, level, resamples, seed)
                          if all(a is not None and b is not None for a, b in errors) else (np.nan, np.nan))
         rows.append({"idea": _idea(name, v), "with": with_idea, "without": without, "seeds": len(seeds),

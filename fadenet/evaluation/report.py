@@ -42,22 +42,19 @@ def ablation_figure(table: pd.DataFrame, floor: float, caption_budget: str) -> p
     return fig
 
 
-def effects_figure(effects: pd.DataFrame, caption_budget: str) -> plt.Figure:
-    """Each idea's effect on test MAE (with it - without it) with its 95% interval: the t-interval
-    over seeds where there are two or more, else the bootstrap over test faces. Left of zero the
-    idea helps."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(effects) + 1.6))
-    y = np.arange(len(effects))[::-1]
-    several = effects["seeds"] >= 2
-    low = np.where(several, effects["t low"], effects["bootstrap low"])
-    high = np.where(several, effects["t high"], effects["bootstrap high"])
-    x = effects["effect (years)"].to_numpy()
+def effects_figure(summary: pd.DataFrame, caption_budget: str) -> plt.Figure:
+    """Each idea's effect on test MAE (with it - without it) with the 95% interval of
+    :func:`fadenet.evaluation.ablation.effects_summary`. Left of zero the idea helps."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.6))
+    y = np.arange(len(summary))[::-1]
+    low, high = summary["95% low"].to_numpy(dtype=float), summary["95% high"].to_numpy(dtype=float)
+    x = summary["effect (years)"].to_numpy()
     known = ~np.isnan(low)
     ax.errorbar(x[known], y[known], xerr=[x[known] - low[known], high[known] - x[known]], fmt="o",
                 color="tab:blue", capsize=3)
     ax.plot(x[~known], y[~known], "o", color="tab:gray")
     ax.axvline(0, color="0.3", lw=1)
-    ax.set_yticks(y, [f"{i} (n={n})" for i, n in zip(effects["idea"], effects["seeds"])])
+    ax.set_yticks(y, [f"{i} (n={n})" for i, n in zip(summary["idea"], summary["seeds"])])
     ax.set(xlabel="effect on test MAE (years): with the idea - without it; 95% interval",
            title=f"What each idea does: {caption_budget}")
     fig.tight_layout()
