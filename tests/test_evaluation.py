@@ -229,7 +229,7 @@ def test_the_grid_trains_each_run_once_and_reuses_finished_runs(smoke_run, monke
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
     runs = run_grid(cfg, faces, split, variants=("baseline", "+spp"), progress=False)
-    assert list(zip(runs["variant"], runs["seed"])) == [("baseline", 42), ("baseline", 1337), ("+spp", 42), ("+spp", 1337)]
+    assert list(zip(runs["variant"], runs["seed"])) == [("baseline", 42), ("+spp", 42), ("baseline", 1337), ("+spp", 1337)]
     assert runs["run"].is_unique and (runs["trained on"] == round(len(split.train) / 2)).all()
     monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished ablation run was trained again"))
     again = run_grid(cfg, faces, split, variants=("baseline", "+spp"), progress=False)

@@ -33,9 +33,10 @@ def ablation_config(cfg: Config, variant: str, seed: int) -> Config:
 
 def run_grid(cfg: Config, faces: FaceSet, split: Split, variants=tuple(names(ABLATION, LEAVE_ONE_OUT)),
              seeds=None, progress: bool = True) -> pd.DataFrame:
-    """Train (or reuse) every variant x seed; one row per run."""
+    """Train (or reuse) every variant x seed; one row per run. Seed by seed, so that an
+    interrupted grid already holds a whole single-seed ablation."""
     seeds = cfg.eval.seeds if seeds is None else seeds
-    jobs = [(v, s) for v in variants for s in seeds]
+    jobs = [(v, s) for s in seeds for v in variants]
     rows = []
     for name, seed in tqdm(jobs, desc="ablation runs", unit="run", disable=not progress):
         run = train(ablation_config(cfg, name, seed), faces, split, progress=progress)
