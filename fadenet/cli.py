@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import EVAL_PARTS, SOURCES, TTA_MODES, ConfigError, load_config, profiles
+from .config import DETECTORS, EVAL_PARTS, SOURCES, TTA_MODES, ConfigError, load_config, profiles
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,8 @@ def cmd_train(args) -> None:
 def cmd_bench(args) -> None:
     if args.what == "speed":
         return cmd_bench_speed(args)
+    if args.what == "faces":
+        return cmd_bench_faces(args)
     import torch
     from .data import load_split, prepare
     cfg = _config(args)
@@ -97,6 +99,33 @@ def cmd_bench(args) -> None:
         print(f"\n{caption}\ntable: {path}")
 
 
+def cmd_bench_faces(args) -> None:
+    import numpy as np
+    from .data.detect import available
+    from .explore import AgePredictor
+    from .explore.bench import bench_faces
+    from .figures import markdown_table, save_table
+    from .training import load_model
+    from .training.bench import machine_text
+    from .training.checkpoint import trained_faces
+    if args.checkpoint is None:
+        raise ConfigError("bench faces needs --checkpoint: the trained model the photo path predicts with")
+    predictor = AgePredictor.from_checkpoint(args.checkpoint)
+    _, trained_cfg, state = load_model(args.checkpoint)
+    faces, split = trained_faces(trained_cfg, state)
+    rows = split.test[np.linspace(0, len(split.test) - 1, min(args.count, len(split.test))).round().astype(int)]
+    detectors = [d for d in args.detectors if d == "haar" or available(d)]
+    table = bench_faces(predictor, faces, rows, detectors)
+    caption = (f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
+               f"{faces.size}px), TTA none; python -m fadenet bench faces")
+    path = save_table(table, "bench_faces", _config(args), caption)
+    print(markdown_table(table))
+    print(f"\n{caption}\ntable: {path}")
+    missing = sorted(set(args.detectors) - set(detectors))
+    if missing:
+        print(f"not measured (not installed): {', '.join(missing)}")
+
+
 def cmd_bench_speed(args) -> None:
     from .data import load_split, prepare
     from .deploy import hardware_text, speed_table
@@ -124,8 +153,11 @@ def cmd_export(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .evaluation.evaluate import evaluate, save_predictions
+    location = args.csv or args.folder or ""
+    if (args.dataset in ("csv", "folder")) != bool(location) or (args.csv and args.folder):
+        raise ConfigError("--dataset csv needs --csv FILE, --dataset folder needs --folder DIR (and only then)")
     result = evaluate(args.checkpoint, tta=args.tta, source=args.dataset, data_root=args.data_root,
-                      part=args.split, batch_size=args.batch)
+                      part=args.split, batch_size=args.batch, location=str(location))
     out = save_predictions(result, args.out)
     print(result.describe())
     print(f"predictions: {out}")
@@ -133,10 +165,17 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     from .explore import AgePredictor, predict_paths
-    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta)
+    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta, detector=args.detector)
     result = predict_paths(args.paths, predictor, args.out, every=args.every, max_frames=args.max_frames,
-                           whole_image=args.whole_image)
+                           whole_image=args.whole_image, annotate_images=args.annotate)
     print(result.describe())
+
+
+def cmd_calibrate(args) -> None:
+    from .evaluation.calibration import calibrate
+    result = calibrate(args.checkpoint, tta=args.tta)
+    print(result.describe())
+    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def cmd_report(args) -> None:
@@ -183,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="print throughput figures")
-    p.add_argument("what", choices=["data", "train", "speed"],
-                   help="speed: inference latency and throughput of the networks on each back-end")
+    p.add_argument("what", choices=["data", "train", "speed", "faces"],
+                   help="speed: inference latency and throughput of the networks on each back-end; "
+                        "faces: the photo path (detect, align, predict) against the dataset path")
     p.add_argument("--batch", type=_int_list, default=None,
                    help="batch size of the data benchmark (default 64); comma-separated sizes of the "
                         "speed benchmark (default bench.batches, 1,32)")
@@ -200,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda_graphs with a GPU; default all)")
     p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default bench.threads, 2)")
     p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default bench.size, 224)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="faces: the trained checkpoint (best.pt)")
+    p.add_argument("--count", type=int, default=300, help="faces: test faces (spread over the split)")
+    p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
+                   help="faces: the detectors to compare")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -221,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on this dataset (default: the one trained on); another one is "
                         "cross-dataset and all its faces count as test")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $FADENET_DATA_ROOT)")
+    p.add_argument("--csv", type=Path, default=None, help="with --dataset csv: your CSV of path,age")
+    p.add_argument("--folder", type=Path, default=None, help="with --dataset folder: your <age>/<image> folder")
     p.add_argument("--split", choices=EVAL_PARTS, default="test")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--out", type=Path, default=None, help="predictions CSV (default: beside the checkpoint)")
@@ -238,7 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analysed frames per video or camera at most (0: all; a camera then runs until Ctrl-C)")
     p.add_argument("--whole-image", action="store_true",
                    help="predict from the centred square of pictures in which no face is found")
+    p.add_argument("--detector", choices=DETECTORS, default="auto",
+                   help="mtcnn: landmarks and alignment; haar: box only; auto: mtcnn where installed")
+    p.add_argument("--annotate", action="store_true",
+                   help="also write each picture with its faces boxed and labelled, into <out stem>_annotated/")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit the temperature that makes a checkpoint's age intervals hold "
+                                         "as often as they say (on its validation split); predict uses it")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="the TTA predict will be run with")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("report", help="rewrite README's results section from the tables in figures/tables/")
     p.add_argument("--readme", type=Path, default=None, help="file to update (default: the project's README.md)")

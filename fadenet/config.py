@@ -28,7 +28,8 @@ from .io import shown_path
 # FADENET_HOME moves it, e.g. for an installed package used from another folder.
 ROOT = Path(os.environ.get("FADENET_HOME") or Path(__file__).resolve().parents[1])
 
-SOURCES = ("auto", "afad", "afad_lite", "aaf", "utkface", "synthetic")
+DETECTORS = ("auto", "mtcnn", "haar")  # face detectors of the photo path (fadenet.data.detect)
+SOURCES = ("auto", "afad", "afad_lite", "aaf", "utkface", "synthetic", "csv", "folder")
 SPLITS = ("80-10-10", "90-5-5", "72-8-20", "official", "kfold")
 BACKBONES = ("auto", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "resnet18")
 ARCHS = ("fadenet", "baseline")
@@ -36,7 +37,7 @@ PRETRAINED = ("auto", "imagenet", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE = ("auto", "true", "false")
 TTA_MODES = ("none", "flip", "multi")
-CROPS = ("auto", "face", "none")
+CROPS = ("auto", "aligned", "face", "none")
 EVAL_PARTS = ("test", "val", "train", "all")  # what `evaluate` predicts: a part of the split, or every face
 
 
@@ -56,8 +57,11 @@ def not_result(default: Any):
 class DataConfig:
     source: str = "auto"          # which dataset; auto = AFAD, then AAF, then UTKFace, else synthetic
     root: str = ""                # folder holding the datasets; "" = $FADENET_DATA_ROOT or ./data
+    csv: str = ""                 # source csv: a CSV of path,age[,subject,gender] (paths relative to it)
+    folder: str = ""              # source folder: <folder>/<age>/<image>
     size: int = 128               # square input size in pixels
-    crop: str = "auto"            # auto = the source's own framing; face = tight face crop; none
+    crop: str = "auto"            # auto: aligned for AAF, the source's own framing (none) elsewhere;
+                                  # aligned = eye-landmark alignment; face = a fixed or detected box; none
     split: str = "80-10-10"       # split protocol
     fold: int = 0                 # kfold rotation, 0..4
     subset: int = 0               # 0 = every image; N = a fixed age-stratified subset of N images
@@ -237,6 +241,10 @@ class Config:
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+        for source in ("csv", "folder"):
+            if self.data.source == source and not getattr(self.data, source):
+                raise ConfigError(f"data.source={source} needs data.{source}=<path> (e.g. data.{source}="
+                                  + ("faces.csv)" if source == "csv" else "my_faces/, holding <age>/<image> files)"))
         # (key, value, lowest, highest allowed); None = unbounded
         ranges = [
             ("data.size", self.data.size, 32, 512), ("data.fold", self.data.fold, 0, 4),

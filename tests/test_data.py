@@ -162,7 +162,7 @@ def test_pick_source_auto_order(tmp_path, image_writer):
 def test_auto_source_through_config(cfg_factory, fake_aaf):
     root = fake_aaf([(i, 20 + i) for i in range(6)])
     fs = prepare(cfg_factory(root=root), progress=False)
-    assert fs.source == "aaf" and fs.crop == "face" and len(fs) == 6
+    assert fs.source == "aaf" and fs.crop == "aligned" and len(fs) == 6
     fs = prepare(cfg_factory("data.subset=0", "data.synthetic_count=40"), progress=False)
     assert fs.source == "synthetic" and fs.crop == "none" and len(fs) == 40
 
@@ -458,7 +458,7 @@ def aaf_faces(aaf_subset_root, tmp_path_factory):
     from fadenet.config import load_config
     cache_dir = tmp_path_factory.mktemp("aaf_cache") / "cache"
     cfg = load_config("smoke", "data.source=aaf", "data.subset=0", f"data.root={aaf_subset_root}",
-                      f"data.cache_dir={cache_dir}")
+                      f"data.cache_dir={cache_dir}", "data.crop=face")
     return prepare(cfg, progress=False), aaf_subset_root
 
 
@@ -511,6 +511,23 @@ def test_real_aaf_crop_is_the_aligned_face_box(aaf_faces):
                   faces.crop_square(full, None, 64).astype(int)]
         for other in others:
             assert np.abs(cached - other).mean() > max(2 * close, 10)
+
+
+@pytest.mark.aaf
+def test_real_aaf_faces_are_aligned_by_their_landmarks_by_default(aaf_subset_root, tmp_path):
+    from fadenet.config import load_config
+    from fadenet.data import detect
+    cfg = load_config("smoke", "data.source=aaf", "data.subset=0", f"data.root={aaf_subset_root}",
+                      f"data.cache_dir={tmp_path / 'cache'}")
+    fs = prepare(cfg, progress=False)
+    assert fs.crop == "aligned" and len(fs.skipped) == 0
+    for i in np.linspace(0, len(fs) - 1, 5).astype(int):
+        file = aaf_subset_root / "All-Age-Faces Dataset" / fs.table["path"].iloc[i]
+        small = faces.read_rgb(file, min_side=128)  # as preprocessing decodes it
+        found = detect.detect(small, "mtcnn")
+        expected = detect.align(small, found[0], 64) if found else faces.crop_square(
+            small, faces.aligned_face_box(small.shape[1], small.shape[0]), 64)
+        np.testing.assert_array_equal(fs.images[i], expected)
 
 
 @pytest.mark.aaf

@@ -218,7 +218,7 @@ def test_ablation_configs_switch_one_idea_and_carry_seed_and_budget(smoke_run):
     assert (plus_ca.model.ca, plus_ca.model.msff, plus_ca.model.spp, plus_ca.loss.dldl_v2) == (True, False, False, False)
     assert plus_ca.train.seed == 1337 and plus_ca.train.fraction == cfg.eval.ablation_budget
     assert cfg.model.ca and cfg.train.seed == 42, "the profile's config must not change"
-    with pytest.raises(KeyError, match="no variant '\+magic'"):
+    with pytest.raises(KeyError, match=r"no variant '\+magic'"):
         ablation_config(cfg, "+magic", 42)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from fadenet import cli
 from fadenet.config import load_config
 from fadenet.data import faces as face_io
 from fadenet.data import load_split, prepare
-from fadenet.explore import AgePredictor, Explorer, detect_faces, interval, moments, predict_paths, read_image
-from fadenet.explore.predictor import FacePrediction
+from fadenet.data import detect
+from fadenet.explore import AgePredictor, Explorer, FacePrediction, interval, moments, predict_paths, read_image
 from fadenet.training import train
 
 SIZE = 64  # the smoke profile's input size
@@ -95,25 +96,50 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
 
 # ---- pictures with faces (real AAF images) ------------------------------------------------
 
-def test_detected_faces_are_framed_like_the_training_crops(aaf_images):
-    for path in aaf_images:
-        rgb = face_io.read_rgb(path)
-        found = detect_faces(rgb)
-        assert found, f"no face found in {path.name}"
-        assert found[0] == pytest.approx(face_io.detect_face(rgb))
-
-
-def test_a_photo_is_cropped_as_in_training_and_predicted(predictor, aaf_images):
+def test_a_photo_is_aligned_as_in_training_and_predicted(predictor, aaf_images):
     rgb = face_io.read_rgb(aaf_images[0])
     [face] = predictor.predict_image(rgb)
-    expected = face_io.crop_square(rgb, face_io.detect_face(rgb), SIZE)
-    assert face.detected and np.array_equal(face.crop, expected)
+    [found] = detect.detect(rgb, "mtcnn")
+    assert face.detected and np.array_equal(face.crop, detect.align(rgb, found, SIZE))
     assert face.probs.shape == (81,) and face.probs.sum() == pytest.approx(1, abs=1e-5)
-    assert 0 <= face.interval90[0] <= face.age <= face.interval90[1] <= 80 and face.std > 0
+    low, high = face.interval(0.9)
+    assert 0 <= low <= face.interval(0.5)[0] <= face.age <= face.interval(0.5)[1] <= high <= 80 and face.std > 0
     # flip TTA averages the face's and its mirror's distributions
     plain = predictor.with_tta("none")
     mirrored = plain.predict_crops(face.crop[None, :, ::-1].copy())[0]
     np.testing.assert_allclose(face.probs, (plain.predict_crops(face.crop[None])[0] + mirrored) / 2, atol=1e-6)
+
+
+def test_the_calibration_narrows_the_interval_and_keeps_the_age():
+    ages = np.arange(81)
+    probs = np.exp(-0.5 * ((ages - 30.0) / 6.0) ** 2)
+    probs /= probs.sum()
+    face = detect.Face((0, 0, 10, 10), 1.0, None)
+    raw = FacePrediction(face, True, np.zeros((SIZE, SIZE, 3), np.uint8), probs)
+    sharp = dataclasses.replace(raw, temperature=0.25)  # a Gaussian's spread times sqrt(0.25)
+    assert sharp.age == pytest.approx(raw.age) == pytest.approx(30.0)
+    assert raw.std == pytest.approx(6.0, rel=1e-3) and sharp.std == pytest.approx(3.0, rel=1e-3)
+    assert raw.interval(0.9) == (20, 40) and sharp.interval(0.9) == (25, 35)  # 30 +- 1.645 sigma
+
+
+def test_every_face_of_a_group_picture_gets_a_row_and_is_drawn(predictor, aaf_images, tmp_path):
+    tiles = [cv2.resize(face_io.read_rgb(p), (150, 190)) for p in aaf_images * 2]  # six faces
+    group = np.full((420, 520, 3), 230, np.uint8)
+    for i, tile in enumerate(tiles):
+        top, left = 10 + 210 * (i // 3), 10 + 170 * (i % 3)
+        group[top:top + 190, left:left + 150] = tile
+    path = tmp_path / "group.png"
+    Image.fromarray(group).save(path)
+    result = predict_paths([path], predictor, tmp_path / "g.csv", annotate_images=True, progress=False)
+    table = result.table
+    assert len(table) == 6 and (table["error"] == "").all() and list(table["face"]) == list(range(6))
+    centres = sorted(zip((table["box_y"] + table["box_h"] / 2) // 210, (table["box_x"] + table["box_w"] / 2) // 170))
+    assert centres == [(r, c) for r in range(2) for c in range(3)]  # one row per tile, none twice
+    inside = (table["eye_left_x"] > table["box_x"]) & (table["eye_right_x"] < table["box_x"] + table["box_w"])
+    assert inside.all() and (table["low_50"] <= table["high_50"]).all() and (table["low_90"] <= table["low_50"]).all()
+    [annotated] = result.outputs
+    drawn = cv2.imread(str(annotated))
+    assert drawn.shape == group.shape and ((drawn[..., 1] > 150) & (drawn[..., 0] < 80) & (drawn[..., 2] < 80)).sum() > 1000
 
 
 def test_every_input_of_a_folder_gets_a_row(predictor, aaf_images, tmp_path):
@@ -132,31 +158,68 @@ def test_every_input_of_a_folder_gets_a_row(predictor, aaf_images, tmp_path):
     (folder / "notes.txt").write_text("not a picture")
     data = aaf_images[1].read_bytes()
     (folder / "truncated.jpg").write_bytes(data[:len(data) // 2])
-    Image.new("1", (9000, 9000), 1).save(folder / "huge.png")
+    Image.new("1", (12000, 12000), 1).save(folder / "huge.png")  # 144 MP, a few kB on disk
     (folder / "broken.mp4").write_text("not a video either")
+    Image.new("RGB", (1, 1), (128, 128, 128)).save(folder / "one_pixel.png")
+    first = real.convert("RGB")
+    first.save(folder / "animated.gif", save_all=True, append_images=[Image.new("RGB", first.size, (0, 0, 0))])
+    gray16 = (np.asarray(real.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(gray16).save(folder / "sixteen.png")
+    assert Image.open(folder / "sixteen.png").mode.startswith("I")
+    palette = real.convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png", transparency=0)
+    turned = real.transpose(Image.Transpose.ROTATE_90)  # stored on its side, EXIF says "turn back"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned.save(folder / "rotated.jpg", exif=exif.tobytes())
+    os.symlink(folder, folder / "nested" / "loop")  # a folder link back up: not followed
     out = tmp_path / "out" / "results.csv"
 
     result = predict_paths([folder, tmp_path / "missing.jpg", "7"], predictor, out, progress=False)
 
     table = pd.read_csv(out).fillna({"error": "", "framing": ""})
-    assert len(table) == len(result.table) == 12
+    assert len(table) == len(result.table) == 17
     predicted = table[table["error"] == ""]
     assert sorted(predicted["input"].map(lambda p: Path(p).name)) == sorted(
-        ["alpha.png", "cmyk.jpg", "gray.jpg", aaf_images[0].name, aaf_images[1].name])
+        ["alpha.png", "cmyk.jpg", "gray.jpg", "animated.gif", "sixteen.png", "palette.png", "rotated.jpg",
+         aaf_images[0].name, aaf_images[1].name])
     assert predicted["framing"].eq("detected face").all() and predicted["face"].eq(0).all()
-    assert predicted["predicted_age"].between(0, 80).all() and (predicted["box_size"] > 0).all()
+    assert predicted["predicted_age"].between(0, 80).all() and (predicted["box_w"] > 0).all()
     errors = dict(zip(table["input"].map(lambda p: Path(p).name), table["error"]))
-    assert errors["wall.jpg"] == "no face found"
+    assert errors["wall.jpg"] == errors["one_pixel.png"] == "no face found"
     assert errors["notes.txt"].startswith("not a readable image: cannot identify image file")
     assert errors["truncated.jpg"].startswith("not a readable image: image file is truncated")
     assert errors["huge.png"] == "not a readable image: image larger than 64,000,000 pixels"
+    assert not any("loop" in name for name in errors)
     assert errors["broken.mp4"] == "not a readable video"
     assert errors["missing.jpg"] == "no such file or folder"
     assert errors["7"] == "camera 7 could not be opened"
-    # the grayscale, CMYK and transparent versions of a face are found where the face is
-    boxes = predicted.set_index(predicted["input"].map(lambda p: Path(p).name))[["box_x", "box_y", "box_size"]]
-    for name in ("gray.jpg", "cmyk.jpg", "alpha.png"):
-        assert np.abs(boxes.loc[name].to_numpy() - boxes.loc[aaf_images[0].name].to_numpy()).max() <= 3
+    # every other version of the first face (grey, CMYK, transparent, first frame of an animation,
+    # 16-bit, palette, turned back by its EXIF orientation) is found where the face is: its eyes
+    eyes = predicted.set_index(predicted["input"].map(lambda p: Path(p).name))[
+        ["eye_left_x", "eye_left_y", "eye_right_x", "eye_right_y"]]
+    for name in ("gray.jpg", "cmyk.jpg", "alpha.png", "animated.gif", "sixteen.png", "palette.png", "rotated.jpg"):
+        assert np.abs(eyes.loc[name].to_numpy() - eyes.loc[aaf_images[0].name].to_numpy()).max() <= 4, name
+
+
+def test_an_unreadable_file_is_a_row_and_the_folder_goes_on(predictor, aaf_images, tmp_path, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    for path in aaf_images[:2]:
+        shutil.copy(path, folder / path.name)
+    real_open = face_io.Image.open
+
+    def refuse_first(path, *args, **kwargs):  # as chmod 000 would (tests may run as root)
+        if Path(path).name == aaf_images[0].name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(face_io.Image, "open", refuse_first)
+    table = predict_paths([folder], predictor, tmp_path / "r.csv", progress=False).table
+    errors = dict(zip(table["input"].map(lambda p: Path(p).name), table["error"]))
+    assert errors[aaf_images[0].name].startswith("not a readable image: [Errno 13] Permission denied")
+    assert errors[aaf_images[1].name] == ""
 
 
 def test_a_video_is_sampled_and_annotated(predictor, aaf_images, tmp_path):
@@ -176,7 +239,7 @@ def test_a_video_is_sampled_and_annotated(predictor, aaf_images, tmp_path):
     assert (clip["error"] == "").all() and clip["box_x"].is_monotonic_increasing  # the face moves right
     assert list(empty["frame"]) == [0, 5] and (empty["error"] == "no face found").all()
     annotated = tmp_path / "video_clip.mp4"
-    assert result.videos == [annotated, tmp_path / "video_blank.mp4"]
+    assert result.outputs == [annotated, tmp_path / "video_blank.mp4"]
     capture = cv2.VideoCapture(str(annotated))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6
     ok, frame = capture.read()
@@ -196,7 +259,7 @@ def test_whole_image_fallback_predicts_the_centred_square(predictor, tmp_path):
     result = predict_paths([picture], predictor, tmp_path / "r.csv", whole_image=True, progress=False)
     row = result.table.iloc[0]
     assert row["framing"] == "whole image" and row["error"] == ""
-    assert (row["box_x"], row["box_y"], row["box_size"]) == (100, 0, 100)
+    assert (row["box_x"], row["box_y"], row["box_w"], row["box_h"]) == (100, 0, 100, 100)
 
 
 def test_an_interrupted_run_writes_the_rows_so_far(predictor, tmp_path, monkeypatch):
@@ -331,8 +394,3 @@ def test_explorer_folder_box_writes_and_offers_the_csv(explorer, tmp_path):
 def test_explorer_displays_as_a_widget(explorer):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
-
-
-def test_face_prediction_corner_box_is_in_pixels():
-    p = FacePrediction((50.0, 60.0, 40.0), True, np.zeros((SIZE, SIZE, 3), np.uint8), np.full(81, 1 / 81))
-    assert p.corner_box() == (30, 40, 40) and p.age == pytest.approx(40)

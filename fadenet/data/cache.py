@@ -19,10 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from ..config import Config
-from . import faces, sources, synthetic
+from ..config import Config, ConfigError
+from . import detect, faces, sources, synthetic
 
 CACHE_VERSION = 1
 CHUNK = 64
@@ -64,27 +65,35 @@ class FaceSet:
 
 
 def resolve_crop(crop: str, source: str) -> str:
-    """``auto`` is the source's own framing: AAF is loosely framed and gets the face crop."""
+    """``auto``: AAF's faces are aligned by their landmarks, as ``predict`` aligns a photo's (its
+    authors' alignment leaves the eyes' height varying by 8% of the crop), and so are a user's own
+    photos (csv and folder sources); AFAD and UTKFace keep their authors' framing."""
     if crop != "auto":
         return crop
-    return "face" if source == "aaf" else "none"
+    return "aligned" if source in ("aaf", *sources.USER_SOURCES) else "none"
 
 
 def prepare(cfg: Config, progress: bool = True) -> FaceSet:
     """The preprocessed dataset of ``cfg.data``, built on first use and reused after."""
     d = cfg.data
     source = sources.pick_source(d.source, cfg.data_root)
-    found = sources.scan(source, cfg.data_root, d.synthetic_count, d.seed)
+    location = getattr(d, source, "") if source in sources.USER_SOURCES else ""
+    found = sources.scan(source, cfg.data_root, d.synthetic_count, d.seed, location)
     table = stratified_subset(found.table, d.subset, d.seed) if d.subset else found.table
     crop = resolve_crop(d.crop, source)
-    key = f"{source}-{crop}-{d.size}" + (f"-n{d.subset}" if d.subset else "")
+    if crop == "aligned" and not detect.available("mtcnn"):
+        raise ConfigError("data.crop=aligned (the default for AAF) needs facenet-pytorch: `make setup` installs "
+                          "it, or pip install --no-deps facenet-pytorch==2.6.0; data.crop=face cuts AAF's faces "
+                          "by their authors' alignment instead")
+    dataset = sources.dataset_key(source, location)
+    key = f"{dataset}-{crop}-{d.size}" + (f"-n{d.subset}" if d.subset else "")
     folder = cfg.cache_dir / key
     fingerprint = file_list_hash(table, found.folder)
 
     cached = _load(folder, fingerprint)
     if cached is not None:
         return cached
-    _build(folder, found, table, crop, d.size, d.seed, d.workers, fingerprint, progress)
+    _build(folder, found, table, crop, d.size, d.seed, d.workers, fingerprint, dataset, progress)
     loaded = _load(folder, fingerprint)
     assert loaded is not None, f"cache at {folder} was written but cannot be read back"
     return loaded
@@ -131,18 +140,18 @@ def _load(folder: Path, fingerprint: str) -> FaceSet | None:
     return FaceSet(meta["source"], meta["crop"], meta["size"], images, table, skipped, meta, folder)
 
 
-def _build(folder, found: sources.Scan, table, crop, size, seed, workers, fingerprint, progress):
+def _build(folder, found: sources.Scan, table, crop, size, seed, workers, fingerprint, dataset, progress):
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_cache(tmp, found, table, crop, size, seed, workers, fingerprint, progress)
+        _write_cache(tmp, found, table, crop, size, seed, workers, fingerprint, dataset, progress)
         _replace_folder(tmp, folder)
     finally:  # an interrupted build must not leave a (possibly huge) half-written array behind
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_cache(tmp, found: sources.Scan, table, crop, size, seed, workers, fingerprint, progress):
+def _write_cache(tmp, found: sources.Scan, table, crop, size, seed, workers, fingerprint, dataset, progress):
     n = len(table)
     out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     del out  # workers write through their own maps
@@ -154,7 +163,8 @@ def _write_cache(tmp, found: sources.Scan, table, crop, size, seed, workers, fin
     if n < IN_PROCESS_BELOW or workers <= 1:
         results = map(_decode_chunk, jobs)
     else:
-        pool = mp.get_context("fork").Pool(workers)  # workers use no torch, so fork is safe and quick
+        # spawned, not forked: the aligner runs torch, whose thread pool does not survive a fork
+        pool = mp.get_context("spawn").Pool(workers, initializer=_one_thread)
         results = pool.imap_unordered(_decode_chunk, jobs)
     for done, failed in results:
         failures.update(failed)
@@ -175,7 +185,7 @@ def _write_cache(tmp, found: sources.Scan, table, crop, size, seed, workers, fin
     skipped = found.skipped + [(table["path"].iloc[i], reason) for i, reason in sorted(failures.items())]
     table[ok].to_csv(tmp / "index.csv", index=False)
     pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(tmp / "skipped.csv", index=False)
-    meta = {"version": CACHE_VERSION, "source": found.source, "crop": crop, "size": size,
+    meta = {"version": CACHE_VERSION, "source": found.source, "dataset": dataset, "crop": crop, "size": size,
             "source_folder": str(found.folder) if found.folder else "", "file_hash": fingerprint,
             "images": int(ok.sum()), "skipped": len(skipped), "seconds": round(seconds, 2),
             "images_per_second": round(n / max(seconds, 1e-9), 1)}
@@ -188,9 +198,13 @@ def _job_rows(table, found, start):
     return [(str(base / p) if base else p, int(a), s) for p, a, s in zip(rows["path"], rows["age"], rows["subject"])]
 
 
+def _one_thread() -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def _decode_chunk(job) -> tuple[int, dict[int, str]]:
     """Decode, crop and resize one chunk straight into the shared cache file."""
-    cv2.setNumThreads(1)
     array_path, start, rows, source, crop, size, seed = job
     images = np.load(array_path, mmap_mode="r+")
     failed = {}
@@ -209,11 +223,18 @@ def _face_image(path: str, age: int, subject: str, source: str, crop: str, size:
         rgb = synthetic.render(path, age, subject, seed)
     else:
         rgb = faces.read_rgb(path, min_side=2 * size)
+    if crop == "aligned" and not path.startswith("synthetic/"):
+        found = detect.detect(rgb, "mtcnn")
+        if found:
+            return detect.align(rgb, found[0], size)
+        if source != "aaf":
+            raise faces.ImageReadError("no face found")
     box = None  # centred square
-    if crop == "face" and source == "aaf":
+    if crop in ("face", "aligned") and source == "aaf":  # AAF's authors aligned every face: their box
         box = faces.aligned_face_box(rgb.shape[1], rgb.shape[0])
     elif crop == "face":
-        box = faces.detect_face(rgb)
+        found = detect.detect(rgb, "haar")
+        box = detect.framed_box(found[0]) if found else None
     return faces.crop_square(rgb, box, size)
 
 

@@ -1,10 +1,11 @@
-"""Reading images robustly and framing faces the same way for training data and user photos.
+"""Reading images robustly, and the square face crops of box framing (``data.crop=face``).
 
-The face crop is a square FACE_MARGIN times the side of OpenCV's frontal-face (Haar) box, on
-the same centre. All-Age-Faces is eye-aligned, so its box is fixed: over every 40th AAF image
-(334 images, 327 detected) the median Haar box was centred at (0.50, 0.58) of the image's
-width and height with a side of 0.70 of its width. Applying that box keeps the face and drops
-most hair and background; a user's photo gets the detector's own box, framed alike.
+The box crop is a square FACE_MARGIN times the side of OpenCV's frontal-face (Haar) box, on the
+same centre. All-Age-Faces is eye-aligned by its authors, so its box is fixed: over every 40th
+AAF image (334 images, 327 detected) the median Haar box was centred at (0.50, 0.58) of the
+image's width and height with a side of 0.70 of its width. The default framing of AAF and of a
+user's photos is landmark alignment instead (:mod:`fadenet.data.detect`), onto where the eyes,
+nose and mouth sit in these box crops.
 """
 from __future__ import annotations
 
@@ -64,25 +65,6 @@ def aligned_face_box(width: int, height: int) -> tuple[float, float, float]:
     """(centre x, centre y, side) of the face crop of an eye-aligned AAF image."""
     cx, cy, side = AAF_BOX
     return cx * width, cy * height, side * width * FACE_MARGIN
-
-
-_cascade = None
-
-
-def detect_face(rgb: np.ndarray) -> tuple[float, float, float] | None:
-    """(centre x, centre y, side) of the largest frontal face, framed as the training crops, or None."""
-    global _cascade
-    if _cascade is None:
-        _cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    scale = min(1.0, 640 / max(gray.shape))  # detection on a bounded size keeps big photos fast
-    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-    found = _cascade.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5,
-                                      minSize=(max(24, small.shape[0] // 10),) * 2)
-    if len(found) == 0:
-        return None
-    x, y, w, h = max(found, key=lambda b: b[2] * b[3]) / scale
-    return x + w / 2, y + h / 2, max(w, h) * FACE_MARGIN
 
 
 def crop_square(rgb: np.ndarray, box: tuple[float, float, float] | None, size: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 source does not know who is who), plus the files it could not use and why."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ AUTO_ORDER = ("afad", "aaf", "utkface")
 SOURCE_NAMES = {
     "afad": "AFAD-Full", "afad_lite": "AFAD-Lite", "aaf": "All-Age-Faces (AAF)", "utkface": "UTKFace",
     "synthetic": "SYNTHETIC procedural faces (not real people)",
+    "csv": "your CSV of faces", "folder": "your folder of faces",
 }
+USER_SOURCES = ("csv", "folder")  # a user's own photos: found and aligned like predict's
 
 AAF_NAME = re.compile(r"^(\d{5})A(\d{2})\.jpe?g$", re.IGNORECASE)
 AAF_LAST_FEMALE_ID = 7380  # ids 00000-07380 are female, 07381-13321 male
@@ -67,17 +70,40 @@ def pick_source(source: str, data_root: Path) -> str:
     return "synthetic"
 
 
-def scan(source: str, data_root: Path, synthetic_count: int = 2000, seed: int = 42) -> Scan:
+def user_path(text: str) -> Path:
+    """A path a user typed (``data.csv``, ``data.folder``): ``~`` expanded, relative to the
+    current folder."""
+    return Path(text).expanduser().resolve()
+
+
+def dataset_key(source: str, location: str = "") -> str:
+    """The name of a dataset's cache and split files: the source, and for a user's CSV or
+    folder a short hash of where it is (two lists must not share a cache)."""
+    if source not in USER_SOURCES:
+        return source
+    return f"{source}-{hashlib.sha256(str(user_path(location)).encode()).hexdigest()[:8]}"
+
+
+def scan(source: str, data_root: Path, synthetic_count: int = 2000, seed: int = 42, location: str = "") -> Scan:
+    """The table of ``source``; ``location`` is the CSV file or folder of the user's sources."""
     if source == "synthetic":
         from .synthetic import synthetic_table
         return Scan("synthetic", None, synthetic_table(synthetic_count, seed))
-    if source not in FOLDERS:
+    if source == "csv":
+        folder, (rows, skipped) = user_path(location).parent, scan_csv(user_path(location))
+    elif source == "folder":
+        folder = user_path(location)
+        if not folder.is_dir():
+            raise DatasetError(f"data.folder {folder} is not a folder")
+        rows, skipped = scan_age_folders(folder)
+    elif source in FOLDERS:
+        folder = source_folder(source, data_root)
+        if not folder.is_dir():
+            raise DatasetError(f"{source} dataset not found: {folder} does not exist "
+                               f"(set data.root or FADENET_DATA_ROOT to the folder that holds {FOLDERS[source]!r})")
+        rows, skipped = SCANNERS[source](folder)
+    else:
         raise ConfigError(f"data.source={source!r} has no scanner")
-    folder = source_folder(source, data_root)
-    if not folder.is_dir():
-        raise DatasetError(f"{source} dataset not found: {folder} does not exist "
-                           f"(set data.root or FADENET_DATA_ROOT to the folder that holds {FOLDERS[source]!r})")
-    rows, skipped = SCANNERS[source](folder)
     rows, skipped = _keep_known_ages(*_keep_text_names(rows, skipped))
     if not rows:
         raise DatasetError(f"{source} dataset at {folder} holds no usable images"
@@ -159,6 +185,60 @@ def scan_utkface(folder: Path):
             skipped.append((rel, "file name does not match <age>_<gender>_<race>_<datetime>.jpg.chip.jpg"))
             continue
         rows.append((rel, int(m.group(1)), "male" if m.group(2) == "0" else "female", ""))
+    return rows, skipped
+
+
+CSV_COLUMNS = ("path", "age")  # required; subject and gender are optional
+
+
+def scan_csv(path: Path):
+    """A user's CSV: one row per image with its ``path`` (absolute, or relative to the CSV's
+    folder) and ``age`` in whole years; optional ``subject`` (faces of one person stay on one
+    side of a split) and ``gender``."""
+    if not path.is_file():
+        raise DatasetError(f"data.csv {path} does not exist")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DatasetError(f"data.csv {path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    missing = [c for c in CSV_COLUMNS if c not in table.columns]
+    if missing:
+        raise DatasetError(f"data.csv {path} lacks the column{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(missing)} (it has: {', '.join(table.columns) or 'none'})")
+    rows, skipped = [], []
+    for line, record in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        name, age = record["path"].strip(), record["age"].strip()
+        try:
+            years = float(age)
+        except ValueError:
+            skipped.append((name or f"line {line}", f"line {line}: age {age!r} is not a number"))
+            continue
+        if not name or not (path.parent / name).is_file():
+            skipped.append((name or f"line {line}", f"line {line}: no such file"))
+        elif years != round(years):
+            skipped.append((name, f"line {line}: age {age} is not a whole number of years"))
+        else:
+            rows.append((name, int(years), record.get("gender", "").strip(), record.get("subject", "").strip()))
+    return rows, skipped
+
+
+def scan_age_folders(folder: Path):
+    """``<folder>/<age>/<image>``: the age is the name of the image's folder. Links to folders
+    are not followed (a link loop cannot trap the scan)."""
+    rows, skipped = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            rel = (Path(root) / name).relative_to(folder)
+            if name.startswith("."):
+                continue
+            if len(rel.parts) != 2:
+                skipped.append((str(rel), "not inside an <age>/ folder"))
+            elif not rel.parts[0].isdigit():
+                skipped.append((str(rel), f"age folder {rel.parts[0]!r} is not a number"))
+            else:
+                rows.append((str(rel), int(rel.parts[0]), "", ""))
     return rows, skipped
 
 

@@ -54,7 +54,7 @@ def load_split(faces: FaceSet, cfg: Config) -> Split:
     """The split of ``cfg.data.split`` over ``faces``, made on first use and reused after."""
     protocol, seed = cfg.data.split, cfg.data.seed
     # one file per dataset (source, subset, synthetic size) and split (protocol, seed)
-    dataset = faces.source + (f"{cfg.data.synthetic_count}" if faces.source == "synthetic" else "")
+    dataset = faces.meta.get("dataset", faces.source) + (f"{cfg.data.synthetic_count}" if faces.source == "synthetic" else "")
     name = dataset + (f"-n{cfg.data.subset}" if cfg.data.subset else "") + f"-{protocol}-seed{seed}.json"
     path = cfg.cache_dir.parent / "splits" / name
     paths = faces.table["path"].tolist()

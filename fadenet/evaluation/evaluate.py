@@ -64,20 +64,21 @@ def load_ensemble(checkpoints: list[str | Path], device: str | torch.device = "c
 
 def evaluate(checkpoints: list[str | Path], tta: str = "none", source: str | None = None,
              data_root: str | Path | None = None, part: str = "test", device: str | torch.device = "cpu",
-             batch_size: int = 128, progress: bool = True) -> Evaluation:
+             batch_size: int = 128, progress: bool = True, location: str = "") -> Evaluation:
     """Evaluate one checkpoint, or the ensemble of several, with test-time augmentation ``tta``.
 
     The faces are those of the dataset the first model was trained on, framed and sized as in
     training, and ``part`` of its saved split. With ``source`` naming another dataset the
-    evaluation is cross-dataset: every usable face of it counts as test.
+    evaluation is cross-dataset: every usable face of it counts as test. ``location`` is the CSV
+    file or folder of a csv or folder source.
     """
     if part not in EVAL_PARTS:
         raise ValueError(f"part={part!r} is not one of {', '.join(EVAL_PARTS)}")
     models, trained_cfg, states = load_ensemble(checkpoints, device)
     trained_on = states[0].get("data_source") or trained_cfg.data.source
-    cfg = data_config(trained_cfg, source or trained_on, data_root, cross=bool(source) and source != trained_on)
+    cross = bool(source) and (source != trained_on or location != getattr(trained_cfg.data, source, location))
+    cfg = data_config(trained_cfg, source or trained_on, data_root, cross=cross, location=location)
     faces = prepare(cfg, progress=progress)
-    cross = faces.source != trained_on
     if cross:
         rows, protocol, part = np.arange(len(faces)), "cross-dataset", "all"
     else:

@@ -1,6 +1,6 @@
 """Chapter 08: predicting users' own pictures, folders and videos, and the interactive explorer."""
 from .batch import BatchResult, expand_inputs, predict_paths
-from .predictor import AgePredictor, FacePrediction, detect_faces, interval, moments, read_image
+from .predictor import AgePredictor, FacePrediction, interval, moments, read_image
 
 
 def __getattr__(name: str):
@@ -11,5 +11,4 @@ def __getattr__(name: str):
         return Explorer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["BatchResult", "expand_inputs", "predict_paths", "AgePredictor", "FacePrediction", "detect_faces",
-           "interval", "moments", "read_image", "Explorer"]
+__all__ = ["BatchResult", "expand_inputs", "predict_paths", "AgePredictor", "FacePrediction", "interval", "moments", "read_image", "Explorer"]

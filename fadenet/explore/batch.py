@@ -1,10 +1,11 @@
 """Batch prediction: images, folders (searched recursively), videos and a camera, into one CSV.
 
-Every input gets at least one row: a row per face found (per sampled frame, for videos), or a
-row whose ``error`` says why nothing could be predicted (missing, not an image, unreadable,
-too large, no face found, not a readable video). A bad input never stops the run. Videos are
+Every input gets at least one row: a row per face found (per sampled frame, for videos) with
+its box, five landmarks, age, standard deviation and calibrated 50% and 90% intervals, or a row
+whose ``error`` says why nothing could be predicted (missing, not an image, unreadable, too
+large, no face found, not a readable video). A bad input never stops the run. Videos are
 sampled every ``every`` seconds; the sampled frames, faces boxed and labelled, are written to
-an annotated video beside the CSV.
+an annotated video beside the CSV; pictures are, when asked, annotated into a folder beside it.
 """
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ from .predictor import AgePredictor, FacePrediction, read_image
 log = logging.getLogger("fadenet.predict")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
-COLUMNS = ("input", "kind", "frame", "time_s", "face", "framing", "predicted_age", "std", "low_90", "high_90",
-           "box_x", "box_y", "box_size", "output", "error")
-INTEGER_COLUMNS = ("frame", "face", "low_90", "high_90", "box_x", "box_y", "box_size")
+# Landmarks in the picture's pixels; "left" and "right" are the picture's sides, not the person's.
+LANDMARKS = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")
+COLUMNS = ("input", "kind", "frame", "time_s", "face", "framing", "detector", "score", "predicted_age", "std",
+           "low_50", "high_50", "low_90", "high_90", "calibrated", "box_x", "box_y", "box_w", "box_h",
+           *(f"{name}_{axis}" for name in LANDMARKS for axis in "xy"), "output", "error")
+INTEGER_COLUMNS = ("frame", "face", "low_50", "high_50", "low_90", "high_90", "box_x", "box_y", "box_w", "box_h")
 CAMERA_FPS = 25.0  # assumed where a camera does not report its frame rate
 
 
@@ -43,7 +47,7 @@ class Source:
 class BatchResult:
     table: pd.DataFrame
     csv: Path
-    videos: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)  # annotated videos and pictures
     interrupted: bool = False
 
     def describe(self) -> str:
@@ -53,8 +57,12 @@ class BatchResult:
         errors = int(t["error"].fillna("").astype(bool).sum())
         text = (f"{inputs} inputs; faces predicted: {faces}; rows with an error: {errors}; "
                 f"CSV {shown_path(self.csv, [('', Path.cwd()), ('', ROOT)])}")
-        if self.videos:
-            text += "; annotated videos: " + ", ".join(map(str, self.videos))
+        videos = [v for v in self.outputs if v.suffix == ".mp4"]
+        pictures = [v for v in self.outputs if v.suffix != ".mp4"]
+        if videos:
+            text += "; annotated videos: " + ", ".join(map(str, videos))
+        if pictures:
+            text += f"; {len(pictures)} annotated pictures in {pictures[0].parent}"
         return text + (" (interrupted: rows so far)" if self.interrupted else "")
 
 
@@ -89,14 +97,17 @@ def _file_source(path: Path) -> Source:
 
 def predict_paths(paths: Sequence[str | Path], predictor: AgePredictor, out: str | Path,
                   every: float = 1.0, max_frames: int = 0, whole_image: bool = False,
-                  progress: bool = True) -> BatchResult:
+                  annotate_images: bool = False, progress: bool = True) -> BatchResult:
     """Predict every input of ``paths`` and write the CSV ``out`` (atomically). ``max_frames``
     caps the sampled frames per video or camera (0: all; a camera then runs until Ctrl-C).
-    ``whole_image`` predicts the centred square of pictures in which no face is found."""
+    ``whole_image`` predicts the centred square of pictures in which no face is found;
+    ``annotate_images`` writes each picture with its faces boxed and labelled to the folder
+    ``<csv stem>_annotated`` beside the CSV."""
     out = Path(out)
     sources = expand_inputs(paths)
     rows: list[dict] = []
     named: list[Path] = []
+    pictures: set[Path] = set()
     interrupted = False
     try:
         for source in tqdm(sources, desc="predict", unit="input", disable=not progress):
@@ -104,7 +115,8 @@ def predict_paths(paths: Sequence[str | Path], predictor: AgePredictor, out: str
                 named.append(_video_output(out, source, named))
                 new = video_rows(source, predictor, named[-1], every, max_frames, whole_image, progress)
             else:
-                new = image_rows(source, predictor, whole_image)
+                target = _image_output(out, source, pictures) if annotate_images else None
+                new = image_rows(source, predictor, whole_image, target)
             for row in new:  # row by row, so that an interrupted video keeps its rows so far
                 rows.append(row)
     except KeyboardInterrupt:  # Ctrl-C is how a camera run ends; keep what was predicted
@@ -112,8 +124,8 @@ def predict_paths(paths: Sequence[str | Path], predictor: AgePredictor, out: str
         interrupted = True
     table = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "Int64" for c in INTEGER_COLUMNS})
     write_csv(table, out)
-    videos = [Path(v) for v in dict.fromkeys(table["output"].dropna()) if v and Path(v).is_file()]
-    return BatchResult(table, out, videos, interrupted)
+    outputs = [Path(v) for v in dict.fromkeys(table["output"].dropna()) if v and Path(v).is_file()]
+    return BatchResult(table, out, outputs, interrupted)
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
@@ -121,7 +133,8 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(tmp, index=False, float_format="%.3f")
 
 
-def image_rows(source: Source, predictor: AgePredictor, whole_image: bool) -> list[dict]:
+def image_rows(source: Source, predictor: AgePredictor, whole_image: bool, target: Path | None = None) -> list[dict]:
+    """Rows of one picture; with ``target``, its annotated copy is written there."""
     if source.kind == "missing":
         return [error_row(source, "no such file or folder")]
     try:
@@ -129,9 +142,36 @@ def image_rows(source: Source, predictor: AgePredictor, whole_image: bool) -> li
     except ImageReadError as e:
         return [error_row(source, f"not a readable image: {e}")]
     predictions = predictor.predict_image(rgb, whole_image)
+    output = ""
+    if target is not None:
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        annotate(bgr, predictions)
+        output = str(target) if write_image(target, bgr) else ""
     if not predictions:
-        return [error_row(source, "no face found")]
-    return [face_row(source, p, i) for i, p in enumerate(predictions)]
+        return [{**error_row(source, "no face found"), "output": output}]
+    return [{**face_row(source, p, i, predictor), "output": output} for i, p in enumerate(predictions)]
+
+
+def write_image(path: Path, bgr: np.ndarray) -> bool:
+    """Write a JPEG atomically; a warning (not a failure) where it cannot be written."""
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data.tobytes())
+    except OSError as e:
+        log.warning("cannot write the annotated picture %s (%s); its rows are still predicted", path, e)
+        return False
+    return bool(ok)
+
+
+def _image_output(out: Path, source: Source, taken: set[Path]) -> Path:
+    """``<csv stem>_annotated/<picture stem>.jpg``, numbered when two pictures share a name."""
+    folder, stem = out.with_name(f"{out.stem}_annotated"), Path(source.path).stem
+    target, number = folder / f"{stem}.jpg", 2
+    while target in taken:
+        target, number = folder / f"{stem}_{number}.jpg", number + 1
+    taken.add(target)
+    return target
 
 
 def video_rows(source: Source, predictor: AgePredictor, target: Path, every: float, max_frames: int,
@@ -155,7 +195,7 @@ def video_rows(source: Source, predictor: AgePredictor, target: Path, every: flo
                 writer = open_video_writer(target, max(1.0, fps / step), bgr.shape)
             writer.write(bgr)
             frame = {"frame": number, "time_s": number / fps, "output": str(target) if writer.isOpened() else ""}
-            yield from ([{**face_row(source, p, i), **frame} for i, p in enumerate(predictions)]
+            yield from ([{**face_row(source, p, i, predictor), **frame} for i, p in enumerate(predictions)]
                         or [{**error_row(source, "no face found"), **frame}])
             bar.update()
     finally:
@@ -199,27 +239,36 @@ def sampled_frames(capture: cv2.VideoCapture, step: int, max_frames: int) -> Ite
 
 
 def annotate(bgr: np.ndarray, predictions: Sequence[FacePrediction]) -> None:
-    """Draw each face's box and ``age +- std`` onto the frame, in place."""
+    """Draw each face's box, landmarks and ``age +- std`` onto the picture, in place."""
     thickness = max(1, round(max(bgr.shape[:2]) / 400))
     for p in predictions:
-        left, top, side = p.corner_box()
+        left, top, width, height = (int(round(v)) for v in p.face.box)
         colour = (0, 200, 0) if p.detected else (0, 160, 255)
-        cv2.rectangle(bgr, (left, top), (left + side, top + side), colour, thickness)
+        cv2.rectangle(bgr, (left, top), (left + width, top + height), colour, thickness)
+        for x, y in ([] if p.face.landmarks is None else p.face.landmarks):
+            cv2.circle(bgr, (int(round(x)), int(round(y))), 2 * thickness, colour, -1)
         label = f"{p.age:.0f} +- {p.std:.0f}"
         scale = 0.5 * thickness
-        (width, height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        y = max(height + 4, top - 4)
-        cv2.rectangle(bgr, (left, y - height - 4), (left + width + 4, y + 2), colour, -1)
+        (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        y = max(text_h + 4, top - 4)
+        cv2.rectangle(bgr, (left, y - text_h - 4), (left + text_w + 4, y + 2), colour, -1)
         cv2.putText(bgr, label, (left + 2, y - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
                     cv2.LINE_AA)
 
 
-def face_row(source: Source, p: FacePrediction, index: int) -> dict:
-    left, top, side = p.corner_box()
-    low, high = p.interval90
-    return {"input": source.path, "kind": source.kind, "face": index,
-            "framing": "detected face" if p.detected else "whole image", "predicted_age": p.age, "std": p.std,
-            "low_90": low, "high_90": high, "box_x": left, "box_y": top, "box_size": side, "error": ""}
+def face_row(source: Source, p: FacePrediction, index: int, predictor: AgePredictor) -> dict:
+    left, top, width, height = p.face.box
+    row = {"input": source.path, "kind": source.kind, "face": index,
+           "framing": "detected face" if p.detected else "whole image",
+           "detector": predictor.detector if p.detected else "", "score": p.face.score if p.detected else None,
+           "predicted_age": p.age, "std": p.std, "calibrated": predictor.temperature is not None,
+           "box_x": round(left), "box_y": round(top), "box_w": round(width), "box_h": round(height), "error": ""}
+    for mass in (0.5, 0.9):
+        row[f"low_{mass * 100:.0f}"], row[f"high_{mass * 100:.0f}"] = p.interval(mass)
+    if p.face.landmarks is not None:
+        for name, (x, y) in zip(LANDMARKS, p.face.landmarks):
+            row[f"{name}_x"], row[f"{name}_y"] = x, y
+    return row
 
 
 def error_row(source: Source, reason: str) -> dict:

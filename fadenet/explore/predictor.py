@@ -1,31 +1,33 @@
 """Predicting the age of faces in a user's own pictures with a trained checkpoint.
 
-A picture is read robustly (:func:`fadenet.data.faces.read_rgb`), its faces found with OpenCV's
-frontal-face Haar cascade and cut out as square crops framed like the training faces (see
-:mod:`fadenet.data.faces`: AAF's fixed eye-aligned box and the detector's box frame a face
-alike), resized to the checkpoint's input size, and predicted with the chosen TTA.
+A picture is read robustly (:func:`fadenet.data.faces.read_rgb`: EXIF orientation, 16-bit,
+palette, transparency, animations), every face in it found and aligned into the training crops'
+geometry (:mod:`fadenet.data.detect`), and predicted with the chosen TTA. The predicted
+distribution's spread is tempered by the checkpoint's calibration (``calibration.json`` beside
+it, from ``python -m fadenet calibrate``), so that its 50% and 90% intervals hold the true age
+about as often as they say; the predicted age stays the network's expected age.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data import faces
-from ..model import predict_probs
-from ..model import AgeNet
+from ..data import detect, faces
+from ..data.detect import Face
+from ..evaluation.calibration import central_interval, saved_temperature, temper
+from ..model import AgeNet, predict_probs
 from ..training import load_model
 from ..training.trainer import auto_precision
 
-Box = tuple[float, float, float]  # centre x, centre y, side of a square crop, in image pixels
+log = logging.getLogger("fadenet.predict")
 
 
 def read_image(source: str | Path | BinaryIO) -> np.ndarray:
@@ -40,27 +42,11 @@ def read_image(source: str | Path | BinaryIO) -> np.ndarray:
             raise faces.ImageReadError(f"image larger than {faces.MAX_PIXELS:,} pixels") from None
 
 
-@functools.cache
-def _cascade() -> cv2.CascadeClassifier:
-    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-
-
-def detect_faces(rgb: np.ndarray) -> list[Box]:
-    """Every frontal face, largest first, each framed as :func:`fadenet.data.faces.detect_face`
-    frames the largest one (same cascade, parameters and margin)."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    scale = min(1.0, 640 / max(gray.shape))
-    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-    found = _cascade().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5,
-                                        minSize=(max(24, small.shape[0] // 10),) * 2)
-    boxes = sorted((tuple(b) for b in np.asarray(found).reshape(-1, 4) / scale), key=lambda b: -b[2] * b[3])
-    return [(x + w / 2, y + h / 2, max(w, h) * faces.FACE_MARGIN) for x, y, w, h in boxes]
-
-
-def centre_box(rgb: np.ndarray) -> Box:
-    """The centred square of the whole image (what ``crop_square(rgb, None, ...)`` cuts)."""
+def whole_picture(rgb: np.ndarray) -> Face:
+    """The picture's centred square as a face of score 0, without landmarks (where no face is found)."""
     h, w = rgb.shape[:2]
-    return w / 2, h / 2, float(min(w, h))
+    side = min(w, h)
+    return Face(((w - side) / 2, (h - side) / 2, float(side), float(side)), 0.0, None)
 
 
 def moments(probs: np.ndarray) -> tuple[float, float]:
@@ -71,70 +57,80 @@ def moments(probs: np.ndarray) -> tuple[float, float]:
 
 
 def interval(probs: np.ndarray, mass: float = 0.9) -> tuple[int, int]:
-    """The central ``mass`` interval (lowest, highest age) of a distribution over ages 0..K-1."""
-    cdf = np.cumsum(probs)
-    tail = (1 - mass) / 2
-    return int(np.searchsorted(cdf, tail)), int(min(np.searchsorted(cdf, 1 - tail), len(probs) - 1))
+    """The central ``mass`` interval (lowest, highest age) of one distribution over ages 0..K-1."""
+    low, high = central_interval(probs, mass)
+    return int(low[0]), int(high[0])
 
 
 @dataclass
 class FacePrediction:
-    box: Box              # the square crop in the picture's pixels
-    detected: bool        # False: the whole picture's centred square, no face having been found
+    face: Face            # where it is in the picture (the centred square, if none was detected)
+    detected: bool        # False: no face found, the whole picture's centred square was predicted
     crop: np.ndarray      # the network's input, uint8 (S, S, 3)
-    probs: np.ndarray     # predicted distribution over ages 0..K-1
+    probs: np.ndarray     # predicted distribution over ages 0..K-1, as the network gives it
+    temperature: float | None = None  # the checkpoint's calibration, None: uncalibrated
 
     @property
     def age(self) -> float:
+        """The expected age of the network's distribution (what evaluation scores)."""
         return moments(self.probs)[0]
 
     @property
-    def std(self) -> float:
-        return moments(self.probs)[1]
+    def calibrated_probs(self) -> np.ndarray:
+        return self.probs if self.temperature is None else temper(self.probs[None], self.temperature)[0]
 
     @property
-    def interval90(self) -> tuple[int, int]:
-        return interval(self.probs, 0.9)
+    def std(self) -> float:
+        """The spread of the calibrated distribution."""
+        return moments(self.calibrated_probs)[1]
 
-    def corner_box(self) -> tuple[int, int, int]:
-        """(left, top, side) of the crop in whole pixels; may reach beyond the picture."""
-        cx, cy, side = self.box
-        return int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side))
+    def interval(self, mass: float) -> tuple[int, int]:
+        """The central ``mass`` interval of the calibrated distribution."""
+        return interval(self.calibrated_probs, mass)
 
 
 @dataclass
 class AgePredictor:
-    """A trained network with the input size and TTA it predicts with."""
+    """A trained network with the input size, TTA, detector and calibration it predicts with."""
     model: AgeNet
     size: int
     tta: str = "none"
     scales: tuple[float, ...] = (0.9, 1.0, 1.1)
     batch_size: int = 64
+    detector: str = "auto"
+    temperature: float | None = None  # None: uncalibrated (the raw distribution)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, tta: str = "none") -> "AgePredictor":
-        """Load ``path`` safely (weights only); CheckpointError says plainly what is wrong."""
+    def from_checkpoint(cls, path: str | Path, tta: str = "none", detector: str = "auto") -> "AgePredictor":
+        """Load ``path`` safely (weights only) with its calibration if one was saved beside it;
+        CheckpointError says plainly what is wrong."""
         model, cfg, _ = load_model(path)
-        return cls(model, cfg.data.size, tta, tuple(cfg.eval.scales))
+        temperature = saved_temperature(path)
+        if temperature is None:
+            log.warning("no calibration beside %s: intervals come from the raw distribution "
+                        "(python -m fadenet calibrate --checkpoint %s)", Path(path).name, path)
+        return cls(model, cfg.data.size, tta, tuple(cfg.eval.scales), detector=detect.resolve(detector),
+                   temperature=temperature)
 
     def with_tta(self, tta: str) -> "AgePredictor":
         return dataclasses.replace(self, tta=tta)
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Distributions (N, K) of uint8 face crops (N, S, S, 3)."""
+        """The network's distributions (N, K) of uint8 face crops (N, S, S, 3)."""
         return predict_probs(self.model, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size,
                              precision=auto_precision(torch.device("cpu")))
 
     def predict_image(self, rgb: np.ndarray, whole_image: bool = False) -> list[FacePrediction]:
         """One prediction per face found, largest first. With none found: nothing, or with
         ``whole_image`` the whole picture's centred square."""
-        boxes = detect_faces(rgb)
-        detected = bool(boxes)
-        if not detected:
-            if not whole_image:
-                return []
-            boxes = [centre_box(rgb)]
-        crops = np.stack([faces.crop_square(rgb, box, self.size) for box in boxes])
-        return [FacePrediction(box, detected, crop, probs)
-                for box, crop, probs in zip(boxes, crops, self.predict_crops(crops))]
-
+        found = detect.detect(rgb, self.detector)
+        detected = bool(found)
+        if detected:
+            crops = [detect.align(rgb, face, self.size) for face in found]
+        elif whole_image:
+            found, crops = [whole_picture(rgb)], [faces.crop_square(rgb, None, self.size)]
+        else:
+            return []
+        crops = np.stack(crops)
+        return [FacePrediction(face, detected, crop, probs, self.temperature)
+                for face, crop, probs in zip(found, crops, self.predict_crops(crops))]

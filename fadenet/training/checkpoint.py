@@ -65,11 +65,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ag
     return model.to(device).eval(), cfg, state
 
 
-def data_config(trained: Config, source: str, data_root: str | Path | None = None, cross: bool = False) -> Config:
-    """A checkpoint's data settings pointed at ``source`` (and ``data_root``): same size and
-    framing; with ``cross`` (another dataset than it learnt from), the whole dataset, no subset."""
+def data_config(trained: Config, source: str, data_root: str | Path | None = None, cross: bool = False,
+                location: str = "") -> Config:
+    """A checkpoint's data settings pointed at ``source`` (and ``data_root``, or ``location``: the
+    CSV or folder of a csv or folder source): same size and framing; with ``cross`` (another
+    dataset than it learnt from), the whole dataset, no subset."""
     cfg = copy.deepcopy(trained)
     overrides = {"data.source": source}
+    if location:
+        overrides[f"data.{source}"] = str(location)
     if data_root:
         overrides["data.root"] = str(data_root)
     if cross:

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, config_from_dict
 from ..data import FaceSet, Split, load_split, prepare
-from ..data.cache import stratified_pick
+from ..data.cache import resolve_crop, stratified_pick
+from ..data.sources import pick_source
 from ..data.loader import Batches, mixup
 from ..io import atomic_path, atomic_write_text
 from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
@@ -77,6 +78,8 @@ def resolved(cfg: Config) -> Config:
         cfg.model.backbone = resolve_backbone(cfg.model)
     if cfg.model.pretrained == "auto" and weights_obtainable(cfg.model.backbone):
         cfg.model.pretrained = "imagenet"
+    if cfg.data.crop == "auto":
+        cfg.data.crop = resolve_crop("auto", pick_source(cfg.data.source, cfg.data_root))
     return cfg
 
 
