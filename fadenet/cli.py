@@ -100,10 +100,9 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_faces(args) -> None:
-    import numpy as np
     from .data.detect import available
     from .explore import AgePredictor
-    from .explore.bench import bench_faces
+    from .explore.bench import bench_faces, spread
     from .figures import markdown_table, save_table
     from .training import load_model
     from .training.bench import machine_text
@@ -113,7 +112,7 @@ def cmd_bench_faces(args) -> None:
     predictor = AgePredictor.from_checkpoint(args.checkpoint)
     _, trained_cfg, state = load_model(args.checkpoint)
     faces, split = trained_faces(trained_cfg, state)
-    rows = split.test[np.linspace(0, len(split.test) - 1, min(args.count, len(split.test))).round().astype(int)]
+    rows = spread(split.test, args.count or _config(args).bench.faces)
     detectors = [d for d in args.detectors if d == "haar" or available(d)]
     table = bench_faces(predictor, faces, rows, detectors)
     caption = (f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
@@ -241,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default bench.threads, 2)")
     p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default bench.size, 224)")
     p.add_argument("--checkpoint", type=Path, default=None, help="faces: the trained checkpoint (best.pt)")
-    p.add_argument("--count", type=int, default=300, help="faces: test faces (spread over the split)")
+    p.add_argument("--count", type=int, default=None, help="faces: test faces, spread over the split (default bench.faces, 300)")
     p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
                    help="faces: the detectors to compare")
     _add_config_args(p)

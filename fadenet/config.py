@@ -143,7 +143,8 @@ class EvalConfig:
 
 @dataclass
 class BenchConfig:
-    """The inference speed benchmark (chapter 07, ``fadenet bench speed``)."""
+    """The benchmarks: inference speed (chapter 07, ``fadenet bench speed``) and the photo path
+    (chapter 08, ``fadenet bench faces``)."""
     repeats: int = not_result(50)  # timed calls of each network, back-end and batch
     seconds: float = not_result(120.0)  # timed rounds stop early once this much time per batch size is spent
     size: int = not_result(224)   # input size in pixels (the paper's)
@@ -151,6 +152,7 @@ class BenchConfig:
     threads: int = not_result(2)  # CPU threads of every back-end (torch and ONNX Runtime)
     models: str = not_result("all")  # comma-separated names of fadenet.deploy.speed.bench_models(), or all
     compile_seconds: float = not_result(600.0)  # torch.compile is tried until this much compiling is spent; 0 = never
+    faces: int = not_result(300)  # test faces the photo-path benchmark pastes into pictures
 
 
 @dataclass

@@ -90,7 +90,11 @@ RESULT_TABLES = [
     ("04_effects", "What each idea does (notebook 04)"),
     ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)"),
     ("07_targets", "Speed and INT8 targets (notebook 07)"),
+    ("08_photo_path", "Photos against the dataset's crops (notebook 08)"),
+    ("08_calibration", "Coverage of the age intervals (notebook 08)"),
 ]
+
+
 class ReportError(RuntimeError):
     """README cannot take the generated results; the message says why."""
 

@@ -69,7 +69,7 @@ def paste(canvas: np.ndarray, photo: np.ndarray, centre: tuple[float, float], fa
 
 
 def make_scenes(faces: FaceSet, rows: np.ndarray, seed: int = 0, progress: bool = True) -> list[Scene]:
-    """One scene per test face (with, in a quarter of them, another test face beside it)."""
+    """One scene per test face (with, in a quarter of them, another person's face beside it)."""
     if not faces.meta.get("source_folder"):
         raise ValueError("bench faces needs a dataset of image files (not the synthetic source)")
     rng = np.random.default_rng(seed)
@@ -79,7 +79,8 @@ def make_scenes(faces: FaceSet, rows: np.ndarray, seed: int = 0, progress: bool 
     for row in tqdm(rows, desc="scenes", unit="picture", disable=not progress):
         canvas = background(rng)
         placed: list[tuple[int, float, float, float]] = []
-        wanted = [int(row)] + ([int(rng.choice(rows))] if rng.random() < SECOND_FACE else [])
+        others = rows[rows != row]
+        wanted = [int(row)] + ([int(rng.choice(others))] if len(others) and rng.random() < SECOND_FACE else [])
         for face_row in wanted:
             photo = face_io.read_rgb(f"{folder}/{faces.table['path'].iloc[face_row]}")
             for _ in range(20):  # a free spot for a second face; the first always fits
@@ -113,7 +114,7 @@ def photo_path(scenes: list[Scene], predictor: AgePredictor, progress: bool = Tr
     rows, seconds, timed = [], 0.0, 0
     for scene in tqdm(scenes, desc=f"photo path ({predictor.detector})", unit="picture", disable=not progress):
         start = time.perf_counter()
-        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(scene.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        rgb = decode(scene)
         predictions = predictor.predict_image(rgb)
         if len(scene.rows) == 1:
             seconds += time.perf_counter() - start
@@ -123,6 +124,15 @@ def photo_path(scenes: list[Scene], predictor: AgePredictor, progress: bool = Tr
             best = min(holding, key=lambda p: p.face.area, default=None)
             rows.append({"row": row, "found": best is not None, "predicted": best.age if best else np.nan})
     return pd.DataFrame(rows), timed / max(seconds, 1e-9)
+
+
+def spread(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``rows`` spread evenly over them (all of them if there are fewer)."""
+    return rows[np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int)]
+
+
+def decode(scene: Scene) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(scene.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def bench_faces(predictor: AgePredictor, faces: FaceSet, rows: np.ndarray, detectors=("haar", "mtcnn"),

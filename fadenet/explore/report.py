@@ -65,6 +65,24 @@ def predictions_figure(images: np.ndarray, probs: np.ndarray, ages: Sequence[flo
     return fig
 
 
+def scenes_figure(predictor, faces: FaceSet, rows: Sequence[int], seed: int = 1) -> plt.Figure:
+    """Test faces pasted into larger pictures (turned, scaled, some with a second face), as
+    ``bench faces`` makes them, with what the photo path finds and predicts drawn on them."""
+    from .batch import annotate
+    from .bench import decode, make_scenes
+    scenes = make_scenes(faces, np.asarray(rows), seed=seed, progress=False)
+    fig, axes = plt.subplots(1, len(scenes), figsize=(3.6 * len(scenes), 2.9), squeeze=False)
+    for ax, scene in zip(axes[0], scenes):
+        rgb = decode(scene)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        annotate(bgr, predictor.predict_image(rgb))
+        ax.imshow(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        ax.set_title("true " + ", ".join(str(int(faces.ages[r])) for r in scene.rows), fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def sample_folder(faces: FaceSet, rows: Sequence[int], folder: Path) -> Path:
     """A small folder of inputs to demonstrate batch prediction: the original picture of each of
     ``rows`` (its cached crop where the source has no files, as for synthetic data) and one

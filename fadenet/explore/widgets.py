@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import ipywidgets as widgets
 import numpy as np
 
@@ -21,8 +22,8 @@ from ..config import TTA_MODES
 from ..data import FaceSet
 from ..data.faces import ImageReadError
 from ..explain import METHOD_NAMES, compute_cams, overlay
-from .batch import predict_paths
-from .predictor import AgePredictor, interval, moments, read_image
+from .batch import annotate, predict_paths
+from .predictor import AgePredictor, FacePrediction, read_image, whole_picture
 from .report import distribution_png, png
 
 DOWNLOAD_LIMIT = 5_000_000  # CSVs larger than this are offered by path only, not inlined
@@ -55,11 +56,13 @@ class ResultView:
         self.text.value = text
 
 
-def prediction_line(probs: np.ndarray, true_age: float | None = None) -> str:
-    mean, std = moments(probs)
-    low, high = interval(probs, 0.9)
+def prediction_line(p: FacePrediction, true_age: float | None = None) -> str:
+    """The predicted age, and the spread and intervals of the (calibrated) distribution."""
+    (low50, high50), (low90, high90) = p.interval(0.5), p.interval(0.9)
     truth = f"true age <b>{true_age:.0f}</b> &middot; " if true_age is not None else ""
-    return f"{truth}predicted <b>{mean:.1f}</b> &middot; std {std:.1f} &middot; 90% interval {low}-{high}"
+    calibrated = "calibrated" if p.temperature is not None else "uncalibrated"
+    return (f"{truth}predicted <b>{p.age:.1f}</b> &middot; std {p.std:.1f} &middot; 50% interval {low50}-{high50} "
+            f"&middot; 90% interval {low90}-{high90} ({calibrated})")
 
 
 class Explorer:
@@ -85,7 +88,8 @@ class Explorer:
         self.whole_image = widgets.Checkbox(False, description="use the whole image if no face is found",
                                             indent=False)
         self.upload_view = ResultView()
-        self.upload_view.message("Upload a photo to predict the age of its largest face.")
+        self.upload_view.message("Upload a photo to predict the age of every face in it.")
+        self.upload_picture = widgets.Image(format="png", width=480)  # the photo, every face boxed
 
         self.folder = widgets.Text(placeholder="a folder of images or videos", description="folder")
         self.folder_button = widgets.Button(description="Predict folder", icon="play")
@@ -104,6 +108,7 @@ class Explorer:
             widgets.HBox([self.index, self.age_range]), widgets.HBox([self.tta, self.method, self.layer]),
             self.dataset_view.box,
             _heading("Your own photo"), widgets.HBox([self.upload, self.whole_image]), self.upload_view.box,
+            self.upload_picture,
             _heading("A folder (batch prediction to CSV)"), widgets.HBox([self.folder, self.folder_button]),
             self.folder_result,
         ])
@@ -132,12 +137,13 @@ class Explorer:
         crop = np.array(self.faces.images[row])
         true_age = float(self.faces.ages[row])
         probs = self.predictor.with_tta(self.tta.value).predict_crops(crop[None])[0]
+        face = FacePrediction(whole_picture(crop), True, crop, probs, self.predictor.temperature)
         cam = compute_cams(self.predictor.model, crop[None], self.method.value, self.layer.value)[0]
         path = html.escape(str(self.faces.table["path"].iloc[row]))
-        self.dataset_view.show(crop, probs, cam, [
+        self.dataset_view.show(crop, face.calibrated_probs, cam, [
             f"<b>face {self.index.value} of {len(self.visible)}</b> (ages {self.age_range.value[0]}-"
             f"{self.age_range.value[1]}) &middot; <code>{path}</code>",
-            prediction_line(probs, true_age), self._settings_line()], true_age)
+            prediction_line(face, true_age), self._settings_line()], true_age)
 
     def _settings_line(self) -> str:
         return (f"TTA {self.tta.value} &middot; CAM: {METHOD_NAMES[self.method.value]} of the predicted age "
@@ -163,9 +169,14 @@ class Explorer:
         found = ("no face found: the centred square of the whole image was used" if not first.detected else
                  f"{len(predictions)} faces found, the largest shown" if len(predictions) > 1 else "1 face found")
         cam = compute_cams(self.predictor.model, first.crop[None], self.method.value, self.layer.value)[0]
-        self.upload_view.show(first.crop, first.probs, cam, [
-            f"<b>{name}</b> ({rgb.shape[1]}x{rgb.shape[0]}): {found}", prediction_line(first.probs),
-            self._settings_line()])
+        others = [f"face {i + 1}: {p.age:.0f} (90% interval {p.interval(0.9)[0]}-{p.interval(0.9)[1]})"
+                  for i, p in enumerate(predictions)] if len(predictions) > 1 else []
+        self.upload_view.show(first.crop, first.calibrated_probs, cam, [
+            f"<b>{name}</b> ({rgb.shape[1]}x{rgb.shape[0]}): {found}", prediction_line(first),
+            *([" &middot; ".join(others)] if others else []), self._settings_line()])
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        annotate(bgr, predictions)
+        self.upload_picture.value = png(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
     # ---- a folder -------------------------------------------------------------------------------
     def _on_folder(self, button=None) -> None:
