@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .config import DETECTORS, EVAL_PARTS, SOURCES, TTA_MODES, ConfigError, load_config, profiles
 
+ENGINES = ("torch", "onnx")  # what runs the network in predict and bench faces
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=profiles(), default=None,
@@ -109,14 +111,14 @@ def cmd_bench_faces(args) -> None:
     from .training.checkpoint import trained_faces
     if args.checkpoint is None:
         raise ConfigError("bench faces needs --checkpoint: the trained model the photo path predicts with")
-    predictor = AgePredictor.from_checkpoint(args.checkpoint)
+    predictor = AgePredictor.from_checkpoint(args.checkpoint, engine=args.engine)
     _, trained_cfg, state = load_model(args.checkpoint)
     faces, split = trained_faces(trained_cfg, state)
     rows = spread(split.test, args.count or _config(args).bench.faces)
     detectors = [d for d in args.detectors if d == "haar" or available(d)]
     table = bench_faces(predictor, faces, rows, detectors)
     caption = (f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
-               f"{faces.size}px), TTA none; python -m fadenet bench faces")
+               f"{faces.size}px), TTA none, network in {args.engine}; python -m fadenet bench faces")
     path = save_table(table, "bench_faces", _config(args), caption)
     print(markdown_table(table))
     print(f"\n{caption}\ntable: {path}")
@@ -164,7 +166,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     from .explore import AgePredictor, predict_paths
-    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta, detector=args.detector)
+    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta, detector=args.detector, engine=args.engine)
     result = predict_paths(args.paths, predictor, args.out, every=args.every, max_frames=args.max_frames,
                            whole_image=args.whole_image, annotate_images=args.annotate)
     print(result.describe())
@@ -243,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="faces: test faces, spread over the split (default bench.faces, 300)")
     p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
                    help="faces: the detectors to compare")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="faces: the network in PyTorch or in ONNX Runtime (after `export`)")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 
@@ -287,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mtcnn: landmarks and alignment; haar: box only; auto: mtcnn where installed")
     p.add_argument("--annotate", action="store_true",
                    help="also write each picture with its faces boxed and labelled, into <out stem>_annotated/")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="onnx: the network in ONNX Runtime, from the model.onnx that `export` wrote beside the checkpoint")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="fit the temperature that makes a checkpoint's age intervals hold "

@@ -394,3 +394,22 @@ def test_explorer_folder_box_writes_and_offers_the_csv(explorer, tmp_path):
 def test_explorer_displays_as_a_widget(explorer):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_the_onnx_engine_predicts_what_pytorch_predicts(smoke_run, aaf_images, tmp_path):
+    from fadenet.deploy.export import export_onnx
+    from fadenet.training import CheckpointError
+    checkpoint = tmp_path / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(smoke_run[0], checkpoint)
+    with pytest.raises(CheckpointError, match="python -m fadenet export --checkpoint"):
+        AgePredictor.from_checkpoint(checkpoint, engine="onnx")
+    torch_predictor = AgePredictor.from_checkpoint(checkpoint, tta="flip")
+    with torch.no_grad():  # a sharper output layer, so that the two flip views differ visibly
+        torch_predictor.model.head[-1].weight.mul_(300)
+    export_onnx(torch_predictor.model, checkpoint.with_name("model.onnx"), SIZE)
+    onnx_predictor = AgePredictor.from_checkpoint(checkpoint, tta="flip", engine="onnx")
+    rgb = face_io.read_rgb(aaf_images[2])
+    [by_torch], [by_onnx] = torch_predictor.predict_image(rgb), onnx_predictor.predict_image(rgb)
+    np.testing.assert_allclose(by_onnx.probs, by_torch.probs, atol=1e-5)
+    assert by_onnx.probs.sum() == pytest.approx(1, abs=1e-5) and by_onnx.probs.max() > 0.05

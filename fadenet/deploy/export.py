@@ -90,17 +90,22 @@ def export_onnx(model: nn.Module, path: str | Path, size: int) -> Path:
     return path
 
 
-def ort_session(path: str | Path, threads: int = 0, profile_prefix: str | None = None) -> ort.InferenceSession:
+def ort_session(path: str | Path, threads: int = 0, profile_prefix: str | None = None,
+                spin: bool = True) -> ort.InferenceSession:
     """A CPU session tuned for latency: ``threads`` intra-op threads (0 = torch's thread count),
     one inter-op thread (the graph is a chain, so parallel branches gain nothing) and every graph
     optimisation (batch norm folded into convolutions, convolution + activation fusion, the NCHWc
-    blocked layout). ``profile_prefix`` records a per-operator profile (see ``end_profiling``)."""
+    blocked layout). ``profile_prefix`` records a per-operator profile (see ``end_profiling``).
+    ``spin`` False stops idle threads from spinning between calls: needed where other work (a
+    face detector in torch) runs between them on the same cores."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT's warnings about hardware-specific graphs are not for users
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -148,7 +148,8 @@ def bench_faces(predictor: AgePredictor, faces: FaceSet, rows: np.ndarray, detec
             found, rate = photo_path(scenes, replace(predictor, detector=detector), progress)
             hit = found[found["found"]]
             true = faces.ages[hit["row"].to_numpy()]
-            table.append({"detector": detector, "input": name, "faces": len(found),
+            table.append({"detector": detector, "network in": "PyTorch" if predictor.session is None else "ONNX Runtime",
+                          "input": name, "faces": len(found),
                           "found %": 100 * found["found"].mean(),
                           "MAE photo path": float(np.abs(hit["predicted"].to_numpy() - true).mean()),
                           "MAE dataset crops": float(np.abs(np.array([crop_age[r] for r in hit["row"]]) - true).mean()),

@@ -23,8 +23,9 @@ from PIL import Image
 from ..data import detect, faces
 from ..data.detect import Face
 from ..evaluation.calibration import central_interval, saved_temperature, temper
-from ..model import AgeNet, predict_probs
-from ..training import load_model
+from ..model import AgeNet, normalize, predict_probs, to_tensor
+from ..model.predict import tta_views
+from ..training import CheckpointError, load_model
 from ..training.trainer import auto_precision
 
 log = logging.getLogger("fadenet.predict")
@@ -89,6 +90,25 @@ class FacePrediction:
         return interval(self.calibrated_probs, mass)
 
 
+def onnx_session(checkpoint: Path):
+    """The ONNX Runtime session of the ``model.onnx`` exported beside ``checkpoint``."""
+    from ..deploy.export import ort_session
+    path = checkpoint.with_name("model.onnx")
+    if not path.is_file() or path.stat().st_mtime < checkpoint.stat().st_mtime:
+        raise CheckpointError(f"no up-to-date {path} for --engine onnx: write it with "
+                              f"python -m fadenet export --checkpoint {checkpoint}")
+    return ort_session(path, spin=False)  # the detector runs between its calls
+
+
+def onnx_predict(session, crops: np.ndarray, tta: str, scales) -> np.ndarray:
+    """Distributions (N, K) of uint8 crops from an ONNX Runtime session, averaged over the TTA
+    views as :func:`fadenet.model.predict_probs` averages them."""
+    from ..deploy.export import INPUT, OUTPUT
+    views = tta_views(normalize(to_tensor(crops)), tta, scales)
+    total = sum(torch.softmax(torch.from_numpy(session.run([OUTPUT], {INPUT: v.numpy()})[0]), dim=1) for v in views)
+    return (total / len(views)).numpy()
+
+
 @dataclass
 class AgePredictor:
     """A trained network with the input size, TTA, detector and calibration it predicts with."""
@@ -99,24 +119,30 @@ class AgePredictor:
     batch_size: int = 64
     detector: str = "auto"
     temperature: float | None = None  # None: uncalibrated (the raw distribution)
+    session: object | None = None     # an ONNX Runtime session of the same network, used instead of it
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, tta: str = "none", detector: str = "auto") -> "AgePredictor":
+    def from_checkpoint(cls, path: str | Path, tta: str = "none", detector: str = "auto",
+                        engine: str = "torch") -> "AgePredictor":
         """Load ``path`` safely (weights only) with its calibration if one was saved beside it;
-        CheckpointError says plainly what is wrong."""
+        CheckpointError says plainly what is wrong. ``engine`` onnx runs the network with ONNX
+        Runtime from the ``model.onnx`` that ``python -m fadenet export`` checked and wrote beside it."""
         model, cfg, _ = load_model(path)
         temperature = saved_temperature(path)
         if temperature is None:
             log.warning("no calibration beside %s: intervals come from the raw distribution "
                         "(python -m fadenet calibrate --checkpoint %s)", Path(path).name, path)
+        session = onnx_session(Path(path)) if engine == "onnx" else None
         return cls(model, cfg.data.size, tta, tuple(cfg.eval.scales), detector=detect.resolve(detector),
-                   temperature=temperature)
+                   temperature=temperature, session=session)
 
     def with_tta(self, tta: str) -> "AgePredictor":
         return dataclasses.replace(self, tta=tta)
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """The network's distributions (N, K) of uint8 face crops (N, S, S, 3)."""
+        if self.session is not None:
+            return onnx_predict(self.session, crops, self.tta, self.scales)
         return predict_probs(self.model, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size,
                              precision=auto_precision(torch.device("cpu")))
 
