@@ -111,8 +111,8 @@ def cmd_bench_faces(args) -> None:
     from .training.checkpoint import trained_faces
     if args.checkpoint is None:
         raise ConfigError("bench faces needs --checkpoint: the trained model the photo path predicts with")
-    predictor = AgePredictor.from_checkpoint(args.checkpoint, engine=args.engine)
-    _, trained_cfg, state = load_model(args.checkpoint)
+    model, trained_cfg, state = load_model(args.checkpoint)
+    predictor = AgePredictor.for_model(model, trained_cfg, args.checkpoint, engine=args.engine)
     faces, split = trained_faces(trained_cfg, state)
     rows = spread(split.test, args.count or _config(args).bench.faces)
     detectors = [d for d in args.detectors if d == "haar" or available(d)]

@@ -91,7 +91,6 @@ RESULT_TABLES = [
     ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)"),
     ("07_targets", "Speed and INT8 targets (notebook 07)"),
     ("08_photo_path", "Photos against the dataset's crops (notebook 08)"),
-    ("08_calibration", "Coverage of the age intervals (notebook 08)"),
 ]
 
 

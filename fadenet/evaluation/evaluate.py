@@ -11,7 +11,7 @@ import torch
 
 from ..config import EVAL_PARTS
 from ..data import load_split, prepare
-from ..data.sources import SOURCE_NAMES
+from ..data.sources import SOURCE_NAMES, USER_SOURCES
 from ..io import atomic_path
 from ..model import predict_probs
 from ..training import CheckpointError, data_config, load_model
@@ -76,7 +76,8 @@ def evaluate(checkpoints: list[str | Path], tta: str = "none", source: str | Non
         raise ValueError(f"part={part!r} is not one of {', '.join(EVAL_PARTS)}")
     models, trained_cfg, states = load_ensemble(checkpoints, device)
     trained_on = states[0].get("data_source") or trained_cfg.data.source
-    cross = bool(source) and (source != trained_on or location != getattr(trained_cfg.data, source, location))
+    trained_location = getattr(trained_cfg.data, trained_on) if trained_on in USER_SOURCES else ""
+    cross = bool(source) and (source, location) != (trained_on, trained_location or location)
     cfg = data_config(trained_cfg, source or trained_on, data_root, cross=cross, location=location)
     faces = prepare(cfg, progress=progress)
     if cross:

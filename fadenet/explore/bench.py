@@ -16,6 +16,7 @@ same faces, and pictures per second of the whole path on one-face pictures.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, replace
 
@@ -25,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data import FaceSet, faces as face_io
+from ..model import expected_age
 from .predictor import AgePredictor
 
 SCENE_SIZE = (640, 480)
@@ -100,11 +102,11 @@ def file_scenes(faces: FaceSet, rows: np.ndarray) -> list[Scene]:
     folder = faces.meta["source_folder"]
     scenes = []
     for row in rows:
-        path = f"{folder}/{faces.table['path'].iloc[row]}"
-        height, width = face_io.read_rgb(path).shape[:2]
+        with open(f"{folder}/{faces.table['path'].iloc[row]}", "rb") as f:
+            data = f.read()
+        height, width = face_io.read_rgb(io.BytesIO(data)).shape[:2]
         cx, cy, _ = face_io.aligned_face_box(width, height) if faces.crop == "face" else (width / 2, height / 2, 0)
-        with open(path, "rb") as f:
-            scenes.append(Scene(f.read(), [int(row)], [(cx, cy)]))
+        scenes.append(Scene(data, [int(row)], [(cx, cy)]))
     return scenes
 
 
@@ -138,8 +140,7 @@ def decode(scene: Scene) -> np.ndarray:
 def bench_faces(predictor: AgePredictor, faces: FaceSet, rows: np.ndarray, detectors=("haar", "mtcnn"),
                 seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """The table of the module docstring: one row per (detector, input)."""
-    dataset = predictor.predict_crops(np.asarray(faces.images[rows]))
-    crop_age = dict(zip(map(int, rows), dataset @ np.arange(dataset.shape[1])))
+    crop_age = dict(zip(map(int, rows), expected_age(predictor.predict_crops(np.asarray(faces.images[rows])))))
     inputs = {"test files": file_scenes(faces, rows),
               f"scenes {SCENE_SIZE[0]}x{SCENE_SIZE[1]}": make_scenes(faces, rows, seed, progress)}
     table = []

@@ -10,6 +10,7 @@ about as often as they say; the predicted age stays the network's expected age.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class FacePrediction:
         """The expected age of the network's distribution (what evaluation scores)."""
         return moments(self.probs)[0]
 
-    @property
+    @functools.cached_property
     def calibrated_probs(self) -> np.ndarray:
         return self.probs if self.temperature is None else temper(self.probs[None], self.temperature)[0]
 
@@ -128,6 +129,12 @@ class AgePredictor:
         CheckpointError says plainly what is wrong. ``engine`` onnx runs the network with ONNX
         Runtime from the ``model.onnx`` that ``python -m fadenet export`` checked and wrote beside it."""
         model, cfg, _ = load_model(path)
+        return cls.for_model(model, cfg, path, tta, detector, engine)
+
+    @classmethod
+    def for_model(cls, model: AgeNet, cfg, path: str | Path, tta: str = "none", detector: str = "auto",
+                  engine: str = "torch") -> "AgePredictor":
+        """:meth:`from_checkpoint` for a network already loaded from ``path`` (with its config)."""
         temperature = saved_temperature(path)
         if temperature is None:
             log.warning("no calibration beside %s: intervals come from the raw distribution "
