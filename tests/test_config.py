@@ -18,7 +18,7 @@ def _no_profile_env(monkeypatch):
 # ---- profiles ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile,size,source,pretrained,tta", [
     ("smoke", 64, "auto", "none", "flip"),
-    ("quick", 112, "auto", "auto", "flip"),
+    ("quick", 96, "auto", "auto", "flip"),
     ("reference", 112, "auto", "auto", "multi"),
     ("paper", 224, "afad", "imagenet", "multi"),
 ])
