@@ -182,7 +182,7 @@ def cmd_calibrate(args) -> None:
 def cmd_report(args) -> None:
     from .config import ROOT
     from .figures import update_readme
-    cfg = _config(args)
+    cfg = load_config(args.profile or "reference", *args.overrides, file=args.config)  # README shows the committed run
     readme = args.readme or ROOT / "README.md"
     count = update_readme(cfg, readme)
     print(f"{readme}: results section rewritten from {count} table(s) in {cfg.figures_path / 'tables'}")
@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="the TTA predict will be run with")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("report", help="rewrite README's results section from the tables in figures/tables/")
+    p = sub.add_parser("report", help="rewrite README's results section from the tables in figures/tables/ "
+                                     "(the reference profile's unless --profile names another)")
     p.add_argument("--readme", type=Path, default=None, help="file to update (default: the project's README.md)")
     _add_config_args(p)
     p.set_defaults(func=cmd_report)

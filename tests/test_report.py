@@ -41,5 +41,5 @@ def test_a_readme_without_markers_is_one_clear_error(tmp_path):
 def test_the_committed_readme_results_are_what_the_committed_tables_generate():
     text = (ROOT / "README.md").read_text()
     section = text.split(RESULTS_START)[1].split(RESULTS_END)[0].strip()
-    assert section == results_markdown(load_config("quick")).strip(), \
+    assert section == results_markdown(load_config("reference")).strip(), \
         "README's results differ from figures/tables/: run `python -m fadenet report`"
