@@ -182,7 +182,7 @@ def cmd_calibrate(args) -> None:
 def cmd_report(args) -> None:
     from .config import ROOT
     from .figures import update_readme
-    cfg = load_config(args.profile or "reference", *args.overrides, file=args.config)  # README shows the committed run
+    cfg = _config(args)
     readme = args.readme or ROOT / "README.md"
     count = update_readme(cfg, readme)
     print(f"{readme}: results section rewritten from {count} table(s) in {cfg.figures_path / 'tables'}")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(the reference profile's unless --profile names another)")
     p.add_argument("--readme", type=Path, default=None, help="file to update (default: the project's README.md)")
     _add_config_args(p)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, profile="reference")  # README shows the committed run
 
     p = sub.add_parser("summary", help="parameter table by part and multiply-adds")
     p.add_argument("--size", type=int, default=224)

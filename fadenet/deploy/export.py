@@ -131,6 +131,18 @@ def calibration_batch(faces: FaceSet, split: Split) -> np.ndarray:
     return face_batch(faces, spread_rows(faces, split.train, CALIBRATION_FACES))
 
 
+class OnnxNetwork(nn.Module):
+    """An ONNX Runtime session as a module returning the logits of a normalised batch, so that
+    :func:`fadenet.model.predict_probs` (TTA views, averaging) runs it as it runs the network."""
+
+    def __init__(self, session: ort.InferenceSession):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.numpy()})[0])
+
+
 def onnx_probs(session: ort.InferenceSession, faces: FaceSet, rows: np.ndarray, batch_size: int = 64,
                desc: str | None = None) -> np.ndarray:
     """Age distributions (N, K) that ``session`` predicts for the faces ``rows`` (no TTA), float32."""

@@ -24,8 +24,7 @@ from PIL import Image
 from ..data import detect, faces
 from ..data.detect import Face
 from ..evaluation.calibration import central_interval, saved_temperature, temper
-from ..model import AgeNet, normalize, predict_probs, to_tensor
-from ..model.predict import tta_views
+from ..model import AgeNet, predict_probs
 from ..training import CheckpointError, load_model
 from ..training.trainer import auto_precision
 
@@ -92,22 +91,13 @@ class FacePrediction:
 
 
 def onnx_session(checkpoint: Path):
-    """The ONNX Runtime session of the ``model.onnx`` exported beside ``checkpoint``."""
-    from ..deploy.export import ort_session
+    """The network of the ``model.onnx`` exported beside ``checkpoint``, in ONNX Runtime."""
+    from ..deploy.export import OnnxNetwork, ort_session
     path = checkpoint.with_name("model.onnx")
     if not path.is_file() or path.stat().st_mtime < checkpoint.stat().st_mtime:
         raise CheckpointError(f"no up-to-date {path} for --engine onnx: write it with "
                               f"python -m fadenet export --checkpoint {checkpoint}")
-    return ort_session(path, spin=False)  # the detector runs between its calls
-
-
-def onnx_predict(session, crops: np.ndarray, tta: str, scales) -> np.ndarray:
-    """Distributions (N, K) of uint8 crops from an ONNX Runtime session, averaged over the TTA
-    views as :func:`fadenet.model.predict_probs` averages them."""
-    from ..deploy.export import INPUT, OUTPUT
-    views = tta_views(normalize(to_tensor(crops)), tta, scales)
-    total = sum(torch.softmax(torch.from_numpy(session.run([OUTPUT], {INPUT: v.numpy()})[0]), dim=1) for v in views)
-    return (total / len(views)).numpy()
+    return OnnxNetwork(ort_session(path, spin=False))  # the detector runs between its calls
 
 
 @dataclass
@@ -120,7 +110,7 @@ class AgePredictor:
     batch_size: int = 64
     detector: str = "auto"
     temperature: float | None = None  # None: uncalibrated (the raw distribution)
-    session: object | None = None     # an ONNX Runtime session of the same network, used instead of it
+    session: torch.nn.Module | None = None  # the same network in ONNX Runtime, used instead of it
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tta: str = "none", detector: str = "auto",
@@ -148,9 +138,8 @@ class AgePredictor:
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """The network's distributions (N, K) of uint8 face crops (N, S, S, 3)."""
-        if self.session is not None:
-            return onnx_predict(self.session, crops, self.tta, self.scales)
-        return predict_probs(self.model, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size,
+        network = self.model if self.session is None else self.session
+        return predict_probs(network, crops, np.arange(len(crops)), self.tta, self.scales, self.batch_size,
                              precision=auto_precision(torch.device("cpu")))
 
     def predict_image(self, rgb: np.ndarray, whole_image: bool = False) -> list[FacePrediction]:
