@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $@
 
+# The reference profile's outputs are the committed ones: its notebooks are written back.
 reproduce: setup
-	$(PY) -m fadenet reproduce --profile $(PROFILE)
+	$(PY) -m fadenet reproduce --profile $(PROFILE) $(if $(filter reference,$(PROFILE)),--inplace)
 
 # Unit tests plus nbval over every notebook in the smoke profile. Only cells tagged
 # nbval-check-output have their outputs compared (the rest depend on data and timing).
