@@ -331,7 +331,11 @@ def speed_table(cfg: Config, faces: FaceSet, split: Split, models: str | Sequenc
     calibration = calibration_batch(faces, split)
     budget = CompileBudget(b.compile_seconds)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="fadenet-speed-") as folder, torch_threads(threads), torch.inference_mode():
+    # the networks of one class share a forward, and each (network, batch size) is a graph of it:
+    # past dynamo's recompile limit (8) it would run eager code in the compile rows
+    graphs = len(builders) * len(batches)
+    with (tempfile.TemporaryDirectory(prefix="fadenet-speed-") as folder, torch_threads(threads), torch.inference_mode(),
+          torch._dynamo.config.patch(recompile_limit=graphs, accumulated_recompile_limit=max(256, graphs))):
         torch.manual_seed(0)
         nets = [Network(name, build(), Path(folder), calibration, threads) for name, build in builders.items()]
         for batch in batches:
