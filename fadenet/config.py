@@ -38,6 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE = ("auto", "true", "false")
 TTA_MODES = ("none", "flip", "multi")
 CROPS = ("auto", "aligned", "face", "none")
+SCHEDULES = ("cosine", "linear")
 EVAL_PARTS = ("test", "val", "train", "all")  # what `evaluate` predicts: a part of the split, or every face
 
 
@@ -51,6 +52,13 @@ class ConfigError(ValueError):
 def not_result(default: Any):
     """A field that does not change a training run's result (left out of its identity)."""
     return field(default=default, metadata={"result": False})
+
+
+def added(default: Any):
+    """A field added after runs were made: left out of a run's identity while it holds
+    ``default``, the value that behaves as the code did before the field existed, so that adding
+    it leaves every earlier run id (and a run part-way through training) as it was."""
+    return field(default=default, metadata={"omit_if": default})
 
 
 @dataclass
@@ -107,12 +115,16 @@ class TrainConfig:
     fraction: float = 1.0         # share of the training split used (age-stratified); the ablation budget
     lr: float = 3e-4
     weight_decay: float = 4e-4
-    min_lr_ratio: float = 0.01    # cosine decay ends at lr * min_lr_ratio
-    warmup_epochs: float = 0.0    # linear warm-up before the cosine decay
+    min_lr_ratio: float = 0.01    # the decay ends at lr * min_lr_ratio
+    warmup_epochs: float = 0.0    # linear warm-up before the decay
+    schedule: str = added("cosine")  # decay after the warm-up: cosine | linear
     freeze_epochs: int = 5        # backbone frozen (ignored when it starts from random weights)
     backbone_lr_scale: float = 1.0  # lr of the ImageNet backbone layers as a share of lr (new layers get lr)
     augment: bool = True
     erase_p: float = 0.1          # safe random erasing probability
+    aug_strength: float = added(1.0)  # scales the affine, colour-jitter and blur ranges (0: flips only)
+    sizes: tuple[int, ...] = added(())  # progressive resizing: training sizes in equal stages of the
+                                  # epochs, each <= data.size (validation and test stay at data.size); () = data.size
     mixup_alpha: float = 0.5
     mixup_prob: float = 0.5       # share of batches that are mixed
     ema_decay: float = 0.999
@@ -208,7 +220,7 @@ class Config:
                     value = kept(value)
                     if value:
                         out[f.name] = value
-                elif f.metadata.get("result", True):
+                elif f.metadata.get("result", True) and not ("omit_if" in f.metadata and value == f.metadata["omit_if"]):
                     out[f.name] = value
             return out
         return json.loads(json.dumps(kept(self)))
@@ -227,7 +239,7 @@ class Config:
                 section, name = _resolve_key(self, key)
                 target = getattr(self, section) if section else self
                 current = getattr(target, name)
-                setattr(target, name, _coerce(key, value, current))
+                setattr(target, name, _coerce(key, value, current, _field_type(target, name)))
         self.validate()
         return self
 
@@ -239,6 +251,7 @@ class Config:
             ("model.arch", self.model.arch, ARCHS), ("model.pretrained", self.model.pretrained, PRETRAINED),
             ("eval.tta", self.eval.tta, TTA_MODES), ("profile", self.profile, tuple(profiles())),
             ("train.precision", self.train.precision, PRECISIONS), ("train.compile", self.train.compile, COMPILE),
+            ("train.schedule", self.train.schedule, SCHEDULES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -262,6 +275,9 @@ class Config:
             ("train.backbone_lr_scale", self.train.backbone_lr_scale, 0.0, None),
             ("train.mixup_alpha", self.train.mixup_alpha, 0.0, None), ("train.mixup_prob", self.train.mixup_prob, 0.0, 1.0),
             ("train.ema_decay", self.train.ema_decay, 0.0, 1.0), ("train.grad_clip", self.train.grad_clip, 0.0, None),
+            ("train.aug_strength", self.train.aug_strength, 0.0, 3.0),
+            ("train.sizes", min(self.train.sizes, default=32), 32, self.data.size),
+            ("train.sizes", max(self.train.sizes, default=32), 32, self.data.size),
             ("train.threads", self.train.threads, 0, None), ("train.processes", self.train.processes, 0, None), ("train.max_minutes", self.train.max_minutes, 0.0, None),
             ("loss.sigma_min", self.loss.sigma_min, 1e-3, None), ("loss.sigma_max", self.loss.sigma_max, 1e-3, None),
             ("loss.plain_sigma", self.loss.plain_sigma, 1e-3, None), ("loss.lds_sigma", self.loss.lds_sigma, 1e-3, None),
@@ -377,8 +393,14 @@ def all_keys() -> list[str]:
     return keys
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Convert ``value`` to the type of the field's current value, or raise naming the key."""
+def _field_type(target: Any, name: str) -> str:
+    """The field's annotation as written (a string: this module defers annotations)."""
+    return str(next(f.type for f in dataclasses.fields(target) if f.name == name))
+
+
+def _coerce(key: str, value: Any, current: Any, annotation: str = "") -> Any:
+    """Convert ``value`` to the type of the field's current value (a tuple's items to the type its
+    annotation names), or raise naming the key."""
     try:
         if isinstance(current, bool):
             if isinstance(value, bool):
@@ -392,7 +414,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if isinstance(current, tuple):
             items = value if isinstance(value, (list, tuple)) else \
                 [v for v in str(value).strip("()[] ").split(",") if v.strip()]
-            kind = type(current[0]) if current else float
+            kind = int if annotation.startswith("tuple[int") else type(current[0]) if current else float
             return tuple(kind(v) for v in items)
         if isinstance(current, int):
             number = float(value)

@@ -209,8 +209,32 @@ def test_identity_is_every_field_not_marked_as_speed_or_place():
     identity = load_config("smoke").identity()
     assert set(identity) == {"data", "model", "loss", "train"}  # eval and bench change no training run
     assert set(identity["train"]) == {f.name for f in dataclasses.fields(load_config("smoke").train)} - {
-        "compile", "processes", "fused_adamw", "sync_bn", "threads", "channels_last", "device"}
+        "compile", "processes", "fused_adamw", "sync_bn", "threads", "channels_last", "device",
+        "schedule", "aug_strength", "sizes"}  # added later: named only when set (next test)
     assert "workers" not in identity["data"] and "cache_dir" not in identity["data"] and "root" in identity["data"]
+
+
+def test_fields_added_later_leave_earlier_run_ids_alone():
+    # the ids these profiles had before train.schedule, aug_strength and sizes existed
+    assert load_config("smoke").run_id() == "smoke-fadenet-mobilenet_v3_large-s42-dfebeb11"
+    assert load_config("reference").run_id() == "reference-fadenet-auto-s42-6de62c74"
+    for key, value, stored in (("schedule", "linear", "linear"), ("aug_strength", "0.5", 0.5),
+                               ("sizes", "48,64", [48, 64])):
+        changed = load_config("smoke", f"train.{key}={value}")
+        assert changed.run_id() != "smoke-fadenet-mobilenet_v3_large-s42-dfebeb11", key
+        assert changed.identity()["train"][key] == stored
+    # set back to the value that behaves as before: the earlier run again
+    assert load_config("smoke", "train.schedule=cosine", "train.sizes=").run_id() == \
+        "smoke-fadenet-mobilenet_v3_large-s42-dfebeb11"
+
+
+def test_integer_tuples_stay_integers_and_sizes_are_checked():
+    assert load_config("smoke", "train.sizes=48,64").train.sizes == (48, 64)
+    assert all(isinstance(v, int) for v in load_config("smoke", "train.sizes=48,64").train.sizes)
+    with pytest.raises(ConfigError, match="train.sizes"):
+        load_config("smoke", "train.sizes=48,96")  # larger than data.size 64
+    with pytest.raises(ConfigError, match="train.schedule"):
+        load_config("smoke", "train.schedule=step")
 
 
 def test_save_round_trips_through_yaml(tmp_path):

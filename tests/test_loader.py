@@ -76,6 +76,34 @@ def test_augmented_batches_are_the_reference_pipeline_batch_for_batch(faces):
         assert torch.equal(ages, torch.from_numpy(fs.ages[idx.numpy()].astype(np.float32)))
 
 
+def test_full_strength_is_the_paper_pipeline_draw_for_draw():
+    x = batch(8, 32)
+    g = gen(5)
+    expected = safe_random_erase(random_blur(color_jitter(random_affine(x, g), g), g), g, 0.3)
+    assert torch.equal(augment_batch(x, gen(5), erase_p=0.3, strength=1.0), expected)
+
+
+def test_zero_strength_leaves_only_flips():
+    x = batch(8, 32)
+    y = augment_batch(x, gen(6), erase_p=0.0, strength=0.0)
+    for a, b in zip(y, x):  # each face is itself or its mirror, nothing else
+        assert torch.allclose(a, b, atol=1e-5) or torch.allclose(a, b.flip(-1), atol=1e-5)
+    assert not torch.allclose(y, x, atol=1e-3)  # some were flipped
+
+
+def test_an_epoch_at_a_smaller_size_yields_the_resized_faces(faces):
+    fs, _ = faces
+    rows = np.arange(0, 40)
+    batches = Batches(fs.images, fs.ages, rows, batch_size=16, train=True, seed=1, augment=False)
+    batches.set_epoch(0, size=32)
+    for x, _, idx in batches:
+        expected = torch.nn.functional.interpolate(to_tensor(fs.images[idx.numpy()]), size=(32, 32),
+                                                   mode="bilinear", antialias=True, align_corners=False)
+        assert torch.allclose(x, normalize(expected.clamp(0, 1)), atol=1e-6)
+    batches.set_epoch(1)  # no size given: the cache's own
+    assert next(iter(batches))[0].shape[-1] == fs.images.shape[1]
+
+
 def test_train_epoch_is_a_permutation_that_changes_by_epoch_and_repeats(faces):
     fs, _ = faces
     rows = np.arange(10, 150)

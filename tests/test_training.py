@@ -118,6 +118,15 @@ def test_learning_rate_warms_up_then_decays_by_cosine_to_the_floor():
     assert lr_at(55, 100, 10, 1.0, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
 
 
+def test_linear_schedule_falls_in_a_straight_line_to_the_floor():
+    # warm-up to step 10, then 1.0 at step 10 down to 0.1 at step 100: 0.01 a step
+    assert lr_at(10, 100, 10, 1.0, 0.1, "linear") == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.1, "linear") == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(91, 100, 10, 1.0, 0.0, "linear") == pytest.approx(0.1)
+    assert lr_at(100, 100, 10, 1.0, 0.0, "linear") == 0.0
+    assert lr_at(3, 100, 10, 1.0, 0.0, "linear") == lr_at(3, 100, 10, 1.0, 0.0, "cosine") == pytest.approx(0.4)
+
+
 def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:
     """The learning rates last applied to the ImageNet layers and to the new layers."""
     pretrained = {id(p) for p in trainer.model.pretrained_parameters()}

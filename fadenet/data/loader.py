@@ -40,22 +40,24 @@ class Batches:
     training: every process draws the same shuffled order, and takes every world-th face of each
     ``batch_size`` batch; it augments its share with draws of its own (rank 0 with the draws a
     single process makes). Images are made and augmented on ``device``; ages and rows stay on
-    the CPU.
+    the CPU. ``strength`` scales the augmentations' ranges (see :func:`augment_batch`);
+    :meth:`set_epoch` can set a smaller ``size`` for the epoch (progressive resizing): the faces are
+    then resized (antialiased) before they are augmented.
     """
 
     def __init__(self, images: np.ndarray, ages: np.ndarray, rows: np.ndarray, batch_size: int,
                  train: bool = False, seed: int = 0, erase_p: float = 0.1, augment: bool = True,
-                 shard: tuple[int, int] = (0, 1), device: str | torch.device = "cpu"):
+                 shard: tuple[int, int] = (0, 1), device: str | torch.device = "cpu", strength: float = 1.0):
         self.images, self.ages = images, np.asarray(ages, dtype=np.float32)
         self.rows = np.asarray(rows)
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.erase_p, self.augment = erase_p, augment and train
+        self.erase_p, self.augment, self.strength = erase_p, augment and train, strength
         self.rank, self.world = shard
         self.device = torch.device(device)
-        self.epoch = 0
+        self.epoch, self.size = 0, images.shape[1]
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, size: int | None = None) -> None:
+        self.epoch, self.size = epoch, size or self.images.shape[1]
 
     def __len__(self) -> int:
         n = len(self.rows)
@@ -74,8 +76,11 @@ class Batches:
                 if b + 1 < len(chunks):
                     pending = reader.submit(self._gather, chunks[b + 1])
                 x = self._on_device(faces)
+                if self.size != x.shape[-1]:
+                    x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                      align_corners=False).clamp_(0, 1)
                 if self.augment:
-                    x = augment_batch(x, gen, self.erase_p)
+                    x = augment_batch(x, gen, self.erase_p, self.strength)
                 yield normalize(x), torch.from_numpy(self.ages[chunk]), torch.from_numpy(chunk)
 
     def _chunk(self, rows: np.ndarray, b: int) -> np.ndarray:
@@ -94,11 +99,16 @@ class Batches:
         return faces.permute(0, 3, 1, 2).float().div_(255)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, erase_p: float = 0.1) -> torch.Tensor:
-    """Flip + affine (one warp), colour jitter, Gaussian blur and safe random erasing, per sample."""
-    x = random_affine(x, gen)
-    x = color_jitter(x, gen)
-    x = random_blur(x, gen)
+def augment_batch(x: torch.Tensor, gen: torch.Generator, erase_p: float = 0.1, strength: float = 1.0) -> torch.Tensor:
+    """Flip + affine (one warp), colour jitter, Gaussian blur and safe random erasing, per sample.
+
+    ``strength`` multiplies the affine ranges (rotation, shear, shift, zoom), the jitter and the
+    share of blurred faces (1: the paper's recipe, draw for draw; 0: flips and erasing only).
+    """
+    s = strength
+    x = random_affine(x, gen, degrees=10.0 * s, shear=5.0 * s, translate=0.06 * s, scale=(1 - 0.1 * s, 1 + 0.1 * s))
+    x = color_jitter(x, gen, strength=0.25 * s)
+    x = random_blur(x, gen, p=min(1.0, 0.2 * s))
     return safe_random_erase(x, gen, erase_p)
 
 

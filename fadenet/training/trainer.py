@@ -38,6 +38,7 @@ from ..io import atomic_path, atomic_write_text
 from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
 from ..runtime import fast_bf16
 from . import parallel
+from .budget import ComputeMeter, stage_size
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
 
@@ -153,12 +154,14 @@ def training_rows(faces: FaceSet, split: Split, fraction: float, seed: int) -> n
     return split.train[stratified_pick(faces.ages[split.train], n, seed)]
 
 
-def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay from ``lr`` to ``lr * min_ratio``."""
+def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warm-up for ``warmup`` steps, then a cosine or linear decay from ``lr`` to
+    ``lr * min_ratio`` at step ``total``."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    left = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return lr * (min_ratio + (1 - min_ratio) * left)
 
 
 def ema_update(decay: float):
@@ -216,8 +219,9 @@ class Trainer:
         weights = lds_weights(train_ages, k, cfg.loss.lds_sigma, cfg.loss.lds_clip) if cfg.loss.lds else None
         self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
         self.batches = Batches(faces.images, faces.ages, self.train_rows, t.batch_size, train=True,
-                               seed=t.seed, erase_p=t.erase_p, augment=t.augment,
+                               seed=t.seed, erase_p=t.erase_p, augment=t.augment, strength=t.aug_strength,
                                shard=(self.group.rank, self.group.world), device=self.device)
+        self.compute = ComputeMeter(self.model, len(split.train))
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
@@ -284,7 +288,8 @@ class Trainer:
         model.train()
         if frozen:  # frozen ImageNet layers keep their BatchNorm statistics too
             _freeze_batchnorm(model, {id(p) for p in self.frozen})
-        self.batches.set_epoch(epoch)
+        size = stage_size(t.sizes, epoch, t.epochs, self.faces.size)
+        self.batches.set_epoch(epoch, size)
         rank = self.group.rank  # each process draws its own label noise and mixup; rank 0 as a single process would
         gen = torch.Generator().manual_seed(t.seed * 7919 + epoch + 104_729 * rank)
         rng = np.random.default_rng([t.seed, epoch] + ([rank] if rank else []))
@@ -294,7 +299,7 @@ class Trainer:
                    disable=not (self.progress and self.group.main))
         for b, (x, ages, _) in enumerate(bar):
             step = epoch * self.steps_per_epoch + b
-            lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio)
+            lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio, t.schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             loss, mae = self._step(self._input(x), ages.to(self.device), gen, rng, epoch, b)
@@ -309,9 +314,11 @@ class Trainer:
             self._append_batches(rows)
         val_loss, val_mae = self.validate()
         train_mae = self.group.mean(torch.tensor(np.mean(maes) if maes else float("nan")))
+        done = self.history[-1].get("epoch_equivalents", math.nan) if self.history else 0.0
         return {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)), "train_mae": train_mae,
-                "val_loss": val_loss, "val_mae": val_mae, "frozen_backbone": frozen, "seconds": round(seconds, 2),
-                "images_per_second": round(len(losses) * t.batch_size / seconds, 1)}
+                "val_loss": val_loss, "val_mae": val_mae, "frozen_backbone": frozen, "size": size,
+                "epoch_equivalents": done + self.compute.epoch_equivalents(len(losses) * t.batch_size, size),
+                "seconds": round(seconds, 2), "images_per_second": round(len(losses) * t.batch_size / seconds, 1)}
 
     def _step(self, x, ages, gen, rng, epoch, b):
         t, cfg = self.cfg.train, self.cfg
@@ -457,6 +464,7 @@ class Trainer:
                 "precision": self.cfg.train.precision, "compiled": self.compiled, "processes": self.group.world,
                 "threads_per_process": torch.get_num_threads(),
                 "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,
+                "epoch_equivalents": self.history[-1].get("epoch_equivalents", math.nan) if self.history else 0.0,
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
                 "train_seconds": round(sum(r["seconds"] for r in self.history), 1), **extra}
         atomic_write_text(self.folder / "meta.json", json.dumps(meta, indent=1))
