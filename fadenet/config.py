@@ -128,6 +128,7 @@ class TrainConfig:
     mixup_alpha: float = 0.5
     mixup_prob: float = 0.5       # share of batches that are mixed
     ema_decay: float = 0.999
+    ema_warmup: bool = added(True)  # decay (1+n)/(10+n) while below ema_decay (n: steps averaged)
     grad_clip: float = 1.0
     precision: str = "auto"       # fp32 | bf16 | fp16 (CUDA) | auto: bf16 on GPUs and on CPUs with AMX, else fp32
     # the next six are the same maths up to the order of sums (and BatchNorm statistics shared
@@ -151,6 +152,11 @@ class EvalConfig:
     seeds: tuple[int, ...] = not_result((42, 1337))
     ablation_budget: float = not_result(1.0)  # share of the training split each ablation run learns from
     kfold: bool = not_result(True)  # chapter 05 also trains FADE-Net on the 5 kfold rotations
+    # chapter 03's time-to-accuracy study: training compute in epoch-equivalents (one epoch of the
+    # whole training split at 112 px; below 1, one epoch of that share of the split)
+    budgets: tuple[float, ...] = not_result((2.0, 4.0, 8.0))
+    budget_seeds: tuple[int, ...] = not_result((42, 1337))
+    lever_budget: float = not_result(2.0)  # each lever of configs/recipes/levers.yaml, one seed; 0 = none
 
 
 @dataclass
@@ -283,6 +289,8 @@ class Config:
             ("loss.plain_sigma", self.loss.plain_sigma, 1e-3, None), ("loss.lds_sigma", self.loss.lds_sigma, 1e-3, None),
             ("loss.lds_clip", self.loss.lds_clip, 1.0, None),
             ("eval.ablation_budget", self.eval.ablation_budget, 1e-3, None),
+            ("eval.budgets", min(self.eval.budgets, default=1.0), 1e-3, None),
+            ("eval.lever_budget", self.eval.lever_budget, 0.0, None),
             ("bench.repeats", self.bench.repeats, 1, None),
             ("bench.seconds", self.bench.seconds, 0.0, None),
             ("bench.size", self.bench.size, 32, 512),
@@ -314,10 +322,18 @@ def load_config(profile: str | None = None, *overrides: str | dict[str, Any],
     profile = profile or os.environ.get("FADENET_PROFILE") or "quick"
     if profile not in profiles():
         raise ConfigError(f"profile={profile!r} is not one of {', '.join(profiles())} (files under {CONFIGS})")
-    cfg = Config(profile=profile).override(_flatten(_read_yaml(CONFIGS / f"{profile}.yaml")))
+    cfg = Config(profile=profile).override(*_profile_layers(CONFIGS / f"{profile}.yaml"))
     if file:
         cfg.override(_flatten(_read_yaml(Path(file))))
     return cfg.override(*overrides)
+
+
+def _profile_layers(path: Path) -> list[dict[str, Any]]:
+    """A profile's overrides: the recipe file it names (``recipe: <name>``, from
+    ``configs/recipes/``) first, then its own keys, so that a recipe is written in one place."""
+    own = _read_yaml(path)
+    name = own.pop("recipe", None)
+    return ([_flatten(_read_yaml(CONFIGS / "recipes" / f"{name}.yaml"))] if name else []) + [_flatten(own)]
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

@@ -210,7 +210,7 @@ def test_identity_is_every_field_not_marked_as_speed_or_place():
     assert set(identity) == {"data", "model", "loss", "train"}  # eval and bench change no training run
     assert set(identity["train"]) == {f.name for f in dataclasses.fields(load_config("smoke").train)} - {
         "compile", "processes", "fused_adamw", "sync_bn", "threads", "channels_last", "device",
-        "schedule", "aug_strength", "sizes"}  # added later: named only when set (next test)
+        "schedule", "aug_strength", "sizes", "ema_warmup"}  # added later: named only when set (next test)
     assert "workers" not in identity["data"] and "cache_dir" not in identity["data"] and "root" in identity["data"]
 
 

@@ -23,7 +23,7 @@ from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint
                               load_weights, train)
 from fadenet.runtime import usable_cores
 from fadenet.training.bench import modes_frame, training_modes
-from fadenet.training.trainer import Trainer, lr_at, run_folder
+from fadenet.training.trainer import Trainer, ema_update, lr_at, run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -125,6 +125,24 @@ def test_linear_schedule_falls_in_a_straight_line_to_the_floor():
     assert lr_at(91, 100, 10, 1.0, 0.0, "linear") == pytest.approx(0.1)
     assert lr_at(100, 100, 10, 1.0, 0.0, "linear") == 0.0
     assert lr_at(3, 100, 10, 1.0, 0.0, "linear") == lr_at(3, 100, 10, 1.0, 0.0, "cosine") == pytest.approx(0.4)
+
+
+def _averaged(decay: float, warmup: bool, steps: int) -> float:
+    """The EMA of a weight that is 1.0 at every step after starting at 0."""
+    average, current = [torch.zeros(1)], [torch.ones(1)]
+    update = ema_update(decay, warmup)
+    for n in range(1, steps + 1):  # AveragedModel passes the count of averages made so far
+        update(average, current, torch.tensor(n))
+    return float(average[0])
+
+
+def test_weight_average_warm_up_sets_the_decay_of_short_runs():
+    # with the warm-up, step n keeps (1+n)/(10+n) of the average: the product over n=1..N is
+    # prod (1+n)/(10+n) = (N+1)...(2) / (N+10)...(11); the cap only bites once the warm-up passes it
+    expected = 1 - math.prod((1 + n) / (10 + n) for n in range(1, 301))
+    assert _averaged(0.995, True, 300) == pytest.approx(expected, rel=1e-5)
+    assert _averaged(0.99, True, 300) == _averaged(0.995, True, 300)  # same run below 890 steps
+    assert _averaged(0.99, False, 300) == pytest.approx(1 - 0.99 ** 300, rel=1e-5)
 
 
 def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:

@@ -59,8 +59,12 @@ def epochs_for_budget(cfg: Config, budget: float, train_faces: int) -> int:
 
 
 def budget_config(cfg: Config, overrides: dict, budget: float, seed: int, train_faces: int) -> Config:
-    """``cfg`` with the recipe's overrides, the seed, and the epochs that spend ``budget``."""
-    run_cfg = copy.deepcopy(cfg).override(overrides, {"train.seed": seed})
+    """``cfg`` with the recipe's overrides, the seed, and the epochs that spend ``budget``; a
+    budget below one epoch is one epoch of a fixed age-stratified share of the split."""
+    run_cfg = copy.deepcopy(cfg).override(overrides, {"train.seed": seed, "train.fraction": 1.0})
+    one_epoch = planned_epoch_equivalents(run_cfg, 1, train_faces)
+    if budget < one_epoch:
+        return run_cfg.override({"train.epochs": 1, "train.fraction": budget / one_epoch})
     return run_cfg.override({"train.epochs": epochs_for_budget(run_cfg, budget, train_faces)})
 
 
