@@ -15,6 +15,15 @@ from pathlib import Path
 from .config import DETECTORS, EVAL_PARTS, SOURCES, TTA_MODES, ConfigError, load_config, profiles
 
 ENGINES = ("torch", "onnx")  # what runs the network in predict and bench faces
+CHECKPOINT_HELP = "a trained checkpoint (best.pt); default: the model shipped in the package"
+
+
+def _checkpoint(path: Path | None) -> Path:
+    """The checkpoint a command was given, else the shipped model (its hash checked)."""
+    if path is not None:
+        return path
+    from .shipped import shipped_checkpoint
+    return shipped_checkpoint()
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -109,8 +118,7 @@ def cmd_bench_faces(args) -> None:
     from .training import load_model
     from .training.bench import machine_text
     from .training.checkpoint import trained_faces
-    if args.checkpoint is None:
-        raise ConfigError("bench faces needs --checkpoint: the trained model the photo path predicts with")
+    args.checkpoint = _checkpoint(args.checkpoint)
     model, trained_cfg, state = load_model(args.checkpoint)
     predictor = AgePredictor.for_model(model, trained_cfg, args.checkpoint, engine=args.engine)
     faces, split = trained_faces(trained_cfg, state)
@@ -149,7 +157,7 @@ def cmd_bench_speed(args) -> None:
 
 def cmd_export(args) -> None:
     from .deploy import export_checkpoint
-    print(export_checkpoint(args.checkpoint, args.out, int8=args.int8, threads=args.threads).describe())
+    print(export_checkpoint(_checkpoint(args.checkpoint), args.out, int8=args.int8, threads=args.threads).describe())
 
 
 def cmd_evaluate(args) -> None:
@@ -157,16 +165,16 @@ def cmd_evaluate(args) -> None:
     location = args.csv or args.folder or ""
     if (args.dataset in ("csv", "folder")) != bool(location) or (args.csv and args.folder):
         raise ConfigError("--dataset csv needs --csv FILE, --dataset folder needs --folder DIR (and only then)")
-    result = evaluate(args.checkpoint, tta=args.tta, source=args.dataset, data_root=args.data_root,
+    result = evaluate(args.checkpoint or [_checkpoint(None)], tta=args.tta, source=args.dataset, data_root=args.data_root,
                       part=args.split, batch_size=args.batch, location=str(location))
-    out = save_predictions(result, args.out)
+    out = save_predictions(result, args.out, folder=None if args.checkpoint else Path.cwd())  # not into the package
     print(result.describe())
     print(f"predictions: {out}")
 
 
 def cmd_predict(args) -> None:
     from .explore import AgePredictor, predict_paths
-    predictor = AgePredictor.from_checkpoint(args.checkpoint, tta=args.tta, detector=args.detector, engine=args.engine)
+    predictor = AgePredictor.from_checkpoint(_checkpoint(args.checkpoint), tta=args.tta, detector=args.detector, engine=args.engine)
     result = predict_paths(args.paths, predictor, args.out, every=args.every, max_frames=args.max_frames,
                            whole_image=args.whole_image, annotate_images=args.annotate)
     print(result.describe())
@@ -174,9 +182,21 @@ def cmd_predict(args) -> None:
 
 def cmd_calibrate(args) -> None:
     from .evaluation.calibration import calibrate
-    result = calibrate(args.checkpoint, tta=args.tta)
+    result = calibrate(_checkpoint(args.checkpoint), tta=args.tta)
     print(result.describe())
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_ship(args) -> None:
+    from .evaluation.calibration import calibrate
+    from .figures import markdown_table
+    from .shipped import card_tables, write_card, write_shipped
+    shipped = write_shipped(args.checkpoint)
+    calibration = calibrate(shipped, tta=args.tta)
+    tables = card_tables(shipped)
+    card = write_card(shipped, tables, calibration)
+    print(markdown_table(tables["accuracy"]))
+    print(f"\nshipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB); {calibration.describe()}; card {card}")
 
 
 def cmd_report(args) -> None:
@@ -241,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda_graphs with a GPU; default all)")
     p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default bench.threads, 2)")
     p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default bench.size, 224)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="faces: the trained checkpoint (best.pt)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="faces: a trained checkpoint (default: the shipped model)")
     p.add_argument("--count", type=int, default=None, help="faces: test faces, spread over the split (default bench.faces, 300)")
     p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
                    help="faces: the detectors to compare")
@@ -252,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch and size), checked against "
                                       "PyTorch on real faces; --int8 adds a quantised copy and both test MAEs")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--int8", action="store_true",
                    help="also write <name>.int8.onnx, calibrated on real training faces, and report its test MAE")
@@ -261,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="MAE and CS@5 of a checkpoint or an ensemble, in- or cross-dataset")
-    p.add_argument("--checkpoint", action="append", required=True, type=Path,
-                   help="a checkpoint (best.pt); repeat to average an ensemble's distributions")
+    p.add_argument("--checkpoint", action="append", default=None, type=Path,
+                   help="a checkpoint (best.pt); repeat to average an ensemble's distributions "
+                        "(default: the shipped model)")
     p.add_argument("--tta", choices=TTA_MODES, default="none")
     p.add_argument("--dataset", choices=[s for s in SOURCES if s != "auto"], default=None,
                    help="evaluate on this dataset (default: the one trained on); another one is "
@@ -278,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict the age of every face in images, folders and videos into a CSV")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image, folder (searched recursively), video file, or a camera index such as 0")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
     p.add_argument("--tta", choices=TTA_MODES, default="none")
     p.add_argument("--out", type=Path, default=Path("predictions.csv"),
                    help="the CSV (annotated videos are written beside it)")
@@ -297,9 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit the temperature that makes a checkpoint's age intervals hold "
                                          "as often as they say (on its validation split); predict uses it")
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="the TTA predict will be run with")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("ship", help="make a trained checkpoint the package's pretrained model: float16 "
+                                    "weights under their hash, calibration, config and model card in fadenet/pretrained/")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a trained checkpoint (best.pt)")
+    p.add_argument("--tta", choices=TTA_MODES, default="flip", help="the TTA its intervals are calibrated for")
+    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("report", help="rewrite README's results section from the tables in figures/tables/ "
                                      "(the reference profile's unless --profile names another)")

@@ -154,6 +154,7 @@ class EvalConfig:
     kfold: bool = not_result(True)  # chapter 05 also trains FADE-Net on the 5 kfold rotations
     # chapter 03's time-to-accuracy study: training compute in epoch-equivalents (one epoch of the
     # whole training split at 112 px; below 1, one epoch of that share of the split)
+    recipes: tuple[str, ...] = not_result(("short_paper", "cpu_budget"))  # files under configs/recipes/
     budgets: tuple[float, ...] = not_result((2.0, 4.0, 8.0))
     budget_seeds: tuple[int, ...] = not_result((42, 1337))
     lever_budget: float = not_result(2.0)  # each lever of configs/recipes/levers.yaml, one seed; 0 = none
@@ -324,16 +325,37 @@ def load_config(profile: str | None = None, *overrides: str | dict[str, Any],
         raise ConfigError(f"profile={profile!r} is not one of {', '.join(profiles())} (files under {CONFIGS})")
     cfg = Config(profile=profile).override(*_profile_layers(CONFIGS / f"{profile}.yaml"))
     if file:
-        cfg.override(_flatten(_read_yaml(Path(file))))
+        cfg.override(*_profile_layers(Path(file)))
     return cfg.override(*overrides)
 
 
 def _profile_layers(path: Path) -> list[dict[str, Any]]:
-    """A profile's overrides: the recipe file it names (``recipe: <name>``, from
-    ``configs/recipes/``) first, then its own keys, so that a recipe is written in one place."""
+    """A profile's (or a ``--config`` file's) overrides: the recipe file it names (``recipe:
+    <name>``, from ``configs/recipes/``) first, then its own keys, so that a recipe is written in
+    one place. A recipe file itself can be given: its ``title`` is for readers."""
     own = _read_yaml(path)
+    own.pop("title", None)
     name = own.pop("recipe", None)
-    return ([_flatten(_read_yaml(CONFIGS / "recipes" / f"{name}.yaml"))] if name else []) + [_flatten(own)]
+    return ([read_recipe(name)] if name else []) + [_flatten(own)]
+
+
+RECIPES = CONFIGS / "recipes"
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """The overrides of ``configs/recipes/<name>.yaml`` as flat ``section.key`` pairs (its
+    ``title``, the recipe's name for readers, left out)."""
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem != "levers"))
+        raise ConfigError(f"recipe {name!r} is not a file under {RECIPES} (there: {known})")
+    keys = _flatten(_read_yaml(path))
+    keys.pop("title", None)
+    return keys
+
+
+def recipe_title(name: str) -> str:
+    return str(_read_yaml(RECIPES / f"{name}.yaml").get("title", name))
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from fadenet.config import Config, ConfigError, config_from_dict, load_config, profiles
+from fadenet.config import RECIPES, Config, ConfigError, config_from_dict, load_config, profiles, read_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -217,7 +217,9 @@ def test_identity_is_every_field_not_marked_as_speed_or_place():
 def test_fields_added_later_leave_earlier_run_ids_alone():
     # the ids these profiles had before train.schedule, aug_strength and sizes existed
     assert load_config("smoke").run_id() == "smoke-fadenet-mobilenet_v3_large-s42-dfebeb11"
-    assert load_config("reference").run_id() == "reference-fadenet-auto-s42-6de62c74"
+    # the reference profile before chapter 03 chose its new recipe: the shortened paper recipe
+    old_reference = load_config("reference", file=RECIPES / "short_paper.yaml")
+    assert old_reference.run_id() == "reference-fadenet-auto-s42-6de62c74"
     for key, value, stored in (("schedule", "linear", "linear"), ("aug_strength", "0.5", 0.5),
                                ("sizes", "48,64", [48, 64])):
         changed = load_config("smoke", f"train.{key}={value}")
@@ -226,6 +228,15 @@ def test_fields_added_later_leave_earlier_run_ids_alone():
     # set back to the value that behaves as before: the earlier run again
     assert load_config("smoke", "train.schedule=cosine", "train.sizes=").run_id() == \
         "smoke-fadenet-mobilenet_v3_large-s42-dfebeb11"
+
+
+def test_a_profile_takes_its_recipe_file_and_its_own_keys_win():
+    cpu = read_recipe("cpu_budget")
+    reference = load_config("reference")
+    assert reference.train.schedule == cpu["train.schedule"] and reference.train.aug_strength == cpu["train.aug_strength"]
+    assert reference.train.epochs == 4  # the profile's own key
+    with pytest.raises(ConfigError, match="recipe 'nope'"):
+        read_recipe("nope")
 
 
 def test_integer_tuples_stay_integers_and_sizes_are_checked():

@@ -107,12 +107,13 @@ def tta_grid(checkpoints: dict[str, str | Path], faces, rows: np.ndarray, modes=
     return {key: predictions_table(p, ages, paths) for key, p in probs.items()}
 
 
-def save_predictions(evaluation: Evaluation, path: str | Path | None = None) -> Path:
-    """Write the per-face predictions as CSV (default: beside the first checkpoint)."""
+def save_predictions(evaluation: Evaluation, path: str | Path | None = None, folder: str | Path | None = None) -> Path:
+    """Write the per-face predictions as CSV: to ``path``, else into ``folder`` (default: the
+    first checkpoint's) under a name that says what was evaluated."""
     if path is None:
         ensemble = f"-ensemble{len(evaluation.checkpoints)}" if len(evaluation.checkpoints) > 1 else ""
         name = f"predictions-{evaluation.source}-{evaluation.part}-tta_{evaluation.tta}{ensemble}.csv"
-        path = Path(evaluation.checkpoints[0]).parent / name
+        path = Path(folder or Path(evaluation.checkpoints[0]).parent) / name
     path = Path(path)
     with atomic_path(path) as tmp:
         evaluation.table.to_csv(tmp, index=False, float_format="%.4f")

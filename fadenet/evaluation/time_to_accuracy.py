@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import copy
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..config import CONFIGS, Config, ConfigError, _flatten, _read_yaml
+from ..config import RECIPES, Config, _read_yaml, read_recipe, recipe_title
 from ..data import FaceSet, Split
 from ..model import build_model, resolve_backbone
-from ..training import train
+from ..training import load_run, train
 from ..training.budget import ComputeMeter, stage_size
-
-RECIPES = CONFIGS / "recipes"
-
-
-def recipe(name: str) -> dict:
-    """The overrides of ``configs/recipes/<name>.yaml``, as flat ``section.key`` pairs."""
-    path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-        raise ConfigError(f"recipe {name!r} is not a file under {RECIPES} (there: {known})")
-    return _flatten(_read_yaml(path))
 
 
 def levers() -> dict[str, dict]:
@@ -76,16 +66,19 @@ def run_row(run, **labels) -> dict:
 
 
 def lever_runs(cfg: Config, faces: FaceSet, split: Split, base: str, budget: float, seed: int,
-               progress: bool = True) -> pd.DataFrame:
-    """The base recipe and each lever on top of it, one run each at ``budget``: validation MAE
-    and its difference from the base recipe's (negative: the lever helps)."""
-    base_keys = recipe(base)
-    jobs = {base: base_keys, **{name: {**base_keys, **keys} for name, keys in levers().items()}}
+               tried: dict[str, dict] | None = None, progress: bool = True) -> pd.DataFrame:
+    """The base recipe and each lever (by default those of ``levers.yaml``) on top of it, one run
+    each at ``budget``: validation MAE and its difference from the base recipe's (negative: the
+    lever helps)."""
+    base_keys = read_recipe(base)
+    tried = levers() if tried is None else tried
+    jobs = {base: base_keys, **{name: {**base_keys, **keys} for name, keys in tried.items()}}
     rows = []
     for name, keys in tqdm(jobs.items(), desc="levers", unit="run", disable=not progress):
         run = train(budget_config(cfg, keys, budget, seed, len(split.train)), faces, split, progress=progress)
         changed = {k: v for k, v in keys.items() if k not in base_keys or base_keys[k] != v}
-        rows.append(run_row(run, lever=name, keys=", ".join(f"{k}={v}" for k, v in changed.items()), seed=seed))
+        rows.append(run_row(run, lever=name, keys=", ".join(f"{k}={v}" for k, v in changed.items()),
+                            budget=budget, seed=seed))
     table = pd.DataFrame(rows)
     table["val_mae_vs_base"] = table["val_mae"] - table["val_mae"].iloc[0]
     return table
@@ -93,12 +86,12 @@ def lever_runs(cfg: Config, faces: FaceSet, split: Split, base: str, budget: flo
 
 def recipe_runs(cfg: Config, faces: FaceSet, split: Split, recipes: list[str], budgets: list[float],
                 seeds: list[int], progress: bool = True) -> pd.DataFrame:
-    """Every recipe x budget x seed, smallest budget first (an interrupted study has whole
-    budgets); one row per run."""
-    jobs = [(b, r, s) for b in sorted(budgets) for r in recipes for s in seeds]
+    """Every recipe x budget x seed, smallest budget first and seed by seed within it (an
+    interrupted study has whole budgets, and each seed of a budget for every recipe); one row a run."""
+    jobs = [(b, r, s) for b in sorted(budgets) for s in seeds for r in recipes]
     rows = []
     for budget, name, seed in tqdm(jobs, desc="time to accuracy", unit="run", disable=not progress):
-        run = train(budget_config(cfg, recipe(name), budget, seed, len(split.train)), faces, split, progress=progress)
+        run = train(budget_config(cfg, read_recipe(name), budget, seed, len(split.train)), faces, split, progress=progress)
         rows.append(run_row(run, recipe=name, budget=budget, seed=seed))
     return pd.DataFrame(rows)
 
@@ -110,3 +103,58 @@ def time_to_accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
         "epoch_equivalents": grouped["epoch_equivalents"].mean().round(3),
         "val_mae_mean": grouped["val_mae"].mean(), "val_mae_std": grouped["val_mae"].std(ddof=1),
         "seeds": grouped["seed"].nunique()}).reset_index().drop(columns="budget")
+
+
+def time_to_accuracy_figure(runs: pd.DataFrame, cfg: Config) -> plt.Figure:
+    """Left: best validation MAE against training compute, each recipe's mean over seeds with
+    its seeds' range. Right: validation MAE after every epoch of each recipe's longest runs."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, (name, group) in enumerate(runs.groupby("recipe", sort=False)):
+        color, title = f"C{i}", recipe_title(name)
+        by_budget = group.groupby("budget")
+        x, y = by_budget["epoch_equivalents"].mean(), by_budget["val_mae"].mean()
+        left.errorbar(x, y, yerr=[y - by_budget["val_mae"].min(), by_budget["val_mae"].max() - y],
+                      fmt="o-", color=color, capsize=3, label=f"{title} ({group['seed'].nunique()} seeds)")
+        longest = group[group["budget"] == group["budget"].max()]
+        for k, run_id in enumerate(longest["run"]):
+            h = load_run(cfg.runs_path / run_id).history
+            right.plot(h["epoch_equivalents"], h["val_mae"], "o-", color=color, alpha=0.8, ms=3,
+                       label=title if k == 0 else None)
+    left.set(xlabel="training compute (epochs of the training split at 112 px)",
+             ylabel="best validation MAE (years)", title="Validation MAE for the compute spent")
+    right.set(xlabel="training compute so far (epochs at 112 px)", ylabel="validation MAE (years)",
+              title="Each epoch of the longest runs")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lever_findings(levers_table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Each lever's change of validation MAE, measured against the seed-to-seed spread of the
+    base recipe at the same budget (where the study ran it with several seeds)."""
+    base = levers_table.iloc[0]
+    same = runs[(runs["recipe"] == base["lever"]) & (runs["budget"] == base["budget"])]
+    spread = same["val_mae"].std(ddof=1) if same["seed"].nunique() > 1 else float("nan")
+    noise = (f"two seeds of the base recipe at this budget differ by a standard deviation of {spread:.3f}"
+             if spread == spread else "the base recipe ran with one seed here, so the noise is not measured")
+    lines = [f"Base ({recipe_title(base['lever'])}, {base['epoch_equivalents']:.2f} epoch-equivalents, "
+             f"seed {base['seed']}): validation MAE {base['val_mae']:.3f}; {noise}."]
+    for row in levers_table.iloc[1:].sort_values("val_mae_vs_base").itertuples():
+        lines.append(f"{row.lever}: {row.val_mae:.3f} ({row.val_mae_vs_base:+.3f}, "
+                     f"{row.epoch_equivalents:.2f} epoch-equivalents)")
+    return lines
+
+
+def recipe_findings(table: pd.DataFrame) -> list[str]:
+    """Per budget, the recipes' mean validation MAE and which is lower by how much."""
+    lines = []
+    for budget, group in table.groupby(table["epoch_equivalents"].round(0), sort=True):
+        ranked = group.sort_values("val_mae_mean")
+        parts = [f"{recipe_title(r.recipe)} {r.val_mae_mean:.3f} ± {r.val_mae_std:.3f} "
+                 f"({r.seeds} seeds, {r.epoch_equivalents:.2f})" for r in ranked.itertuples()]
+        gap = ranked["val_mae_mean"].iloc[-1] - ranked["val_mae_mean"].iloc[0] if len(ranked) > 1 else float("nan")
+        lines.append(f"About {budget:g} epoch-equivalents: " + "; ".join(parts)
+                     + (f"; the first is lower by {gap:.3f}." if gap == gap else "."))
+    return lines

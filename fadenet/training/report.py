@@ -31,14 +31,40 @@ def recipe_table(cfg: Config, run: Run) -> pd.DataFrame:
          f"{paper.epochs} ({paper.freeze_epochs})"),
         ("batch, optimiser", f"{t.batch_size}, AdamW lr {t.lr:g}, weight decay {t.weight_decay:g}",
          f"{paper.batch_size}, AdamW lr {paper.lr:g}, weight decay {paper.weight_decay:g}"),
-        ("schedule", f"warm-up {t.warmup_epochs:g} epochs, cosine to {t.min_lr_ratio:g} x lr",
-         f"cosine to {paper.min_lr_ratio:g} x lr"),
+        ("schedule", schedule_text(t), schedule_text(paper)),
+        ("input size in training", sizes_text(t, cfg.data.size), f"{paper.sizes or 224}px"),
+        ("augmentation", augmentation_text(t), augmentation_text(paper)),
         ("mixup", mixup_text(t), mixup_text(paper)),
-        ("EMA decay, gradient clip", f"{t.ema_decay:g}, {t.grad_clip:g}", f"{paper.ema_decay:g}, {paper.grad_clip:g}"),
+        ("EMA decay, gradient clip", f"{ema_text(t)}, {t.grad_clip:g}", f"{ema_text(paper)}, {paper.grad_clip:g}"),
+        ("training compute", f"{m.get('epoch_equivalents', float('nan')):.2f} epoch-equivalents (epochs of the "
+                             "whole training split at 112 px)", ""),
         ("loss", loss_text(cfg.loss), loss_text(Config().loss)),
         ("seed", str(t.seed), "42 and 1337"),
     ]
     return pd.DataFrame(rows, columns=["", "this run", "paper"])
+
+
+def schedule_text(train) -> str:
+    warmup = f"warm-up {train.warmup_epochs:g} epochs, " if train.warmup_epochs else ""
+    return f"{warmup}{train.schedule} to {train.min_lr_ratio:g} x lr"
+
+
+def sizes_text(train, size: int) -> str:
+    if not train.sizes:
+        return f"{size}px"
+    return " then ".join(f"{s}px" for s in train.sizes) + f" in equal stages (evaluated at {size}px)"
+
+
+def augmentation_text(train) -> str:
+    if not train.augment:
+        return "none"
+    what = ("flips only" if train.aug_strength == 0 else
+            f"flip, affine, colour jitter and blur at {train.aug_strength:g} x the paper's ranges")
+    return what + (f", safe erasing p {train.erase_p:g}" if train.erase_p else "")
+
+
+def ema_text(train) -> str:
+    return f"{train.ema_decay:g}" + (" (after its warm-up)" if train.ema_warmup else " (from the first step)")
 
 
 def mixup_text(train) -> str:
