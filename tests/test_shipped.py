@@ -23,7 +23,7 @@ from fadenet.shipped import HASH_DIGITS, sha256, shipped_checkpoint
 from fadenet.training import CheckpointError, load_model
 
 REFERENCE = Path(__file__).parent / "data" / "shipped_reference.json"
-AAF_FILES = ["00012A02.jpg", "03456A23.jpg", "06001A41.jpg", "09876A57.jpg", "12345A70.jpg"]
+AAF_FILES = ["00012A02.jpg", "03456A30.jpg", "06001A46.jpg", "09876A32.jpg", "12345A54.jpg"]
 
 
 def synthetic_faces(size: int) -> np.ndarray:
@@ -104,7 +104,9 @@ def test_predict_without_a_checkpoint_writes_an_age(tmp_path, monkeypatch, capsy
     assert main(["predict", str(image), "--whole-image", "--detector", "haar", "--out", "ages.csv"]) == 0
     import pandas as pd
     rows = pd.read_csv(tmp_path / "ages.csv")
-    assert len(rows) == 1 and 0 <= rows["age"].iloc[0] <= 80
+    assert len(rows) == 1 and 0 <= rows["predicted_age"].iloc[0] <= 80
+    assert bool(rows["calibrated"].iloc[0])  # the shipped calibration.json was found beside the file
+    assert rows["low_90"].iloc[0] <= rows["low_50"].iloc[0] <= rows["predicted_age"].iloc[0] <= rows["high_50"].iloc[0]
 
 
 def test_evaluate_without_a_checkpoint_scores_the_stored_test_mae(aaf_root, tmp_path, monkeypatch, capsys):
