@@ -85,12 +85,10 @@ def _cell(v) -> str:
 # are skipped, so the section grows as chapters are run).
 RESULT_TABLES = [
     ("03_training_results", "Training (notebook 03)"),
-    ("03_training_speed", "Training speed (notebook 03)"),
     ("03_time_to_accuracy", "Time to accuracy: validation MAE for the compute spent (notebook 03)"),
     ("04_effects", "What each idea does (notebook 04)"),
     ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)"),
     ("07_targets", "Speed and INT8 targets (notebook 07)"),
-    ("08_photo_path", "Photos against the dataset's crops (notebook 08)"),
 ]
 
 
