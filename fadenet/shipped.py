@@ -138,8 +138,8 @@ def write_card(checkpoint: Path, tables: dict[str, pd.DataFrame], calibration, f
     text = f"""# Model card: the shipped FADE-Net
 
 `{checkpoint.name}`: {size_mb:.1f} MB of float16 weights; the name ends with the
-start of the file's SHA-256, checked on every load. Used by `predict`, `evaluate`, `export`, `calibrate`, `bench
-faces`, Grad-CAM (chapter 06) and the explorer (chapter 08) when no `--checkpoint` is given;
+start of the file's SHA-256, checked on every load. Used by `predict`, `evaluate`, `export`, `calibrate` and `bench
+faces` when no `--checkpoint` is given;
 in Python `fadenet.pretrained()`, or `torch.hub.load("<checkout>", "fadenet", source="local")`.
 
 **Test MAE {test['MAE']:.2f} years** (95% interval {test['95% low']:.2f} to {test['95% high']:.2f}; {int(test['faces']):,}

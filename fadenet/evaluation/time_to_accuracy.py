@@ -77,7 +77,7 @@ def lever_runs(cfg: Config, faces: FaceSet, split: Split, base: str, budget: flo
     for name, keys in tqdm(jobs.items(), desc="levers", unit="run", disable=not progress):
         run = train(budget_config(cfg, keys, budget, seed, len(split.train)), faces, split, progress=progress)
         changed = {k: v for k, v in keys.items() if k not in base_keys or base_keys[k] != v}
-        rows.append(run_row(run, lever=name, keys=", ".join(f"{k}={v}" for k, v in changed.items()),
+        rows.append(run_row(run, lever=name, keys=", ".join(f"{k}: {v}" for k, v in changed.items()),
                             budget=budget, seed=seed))
     table = pd.DataFrame(rows)
     table["val_mae_vs_base"] = table["val_mae"] - table["val_mae"].iloc[0]
