@@ -354,6 +354,11 @@ def read_recipe(name: str) -> dict[str, Any]:
     return keys
 
 
+def read_levers() -> dict[str, dict[str, Any]]:
+    """The levers of ``configs/recipes/levers.yaml``: name -> the keys it sets."""
+    return {name: dict(keys) for name, keys in _read_yaml(RECIPES / "levers.yaml").items()}
+
+
 def recipe_title(name: str) -> str:
     return str(_read_yaml(RECIPES / f"{name}.yaml").get("title", name))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from .io import atomic_path, atomic_write_text
 from .training.checkpoint import CheckpointError, load_checkpoint_file, load_model
@@ -79,7 +80,6 @@ def write_shipped(checkpoint: str | Path, folder: Path = FOLDER) -> Path:
     for old in folder.glob("fadenet-*.pt"):
         if old != target:
             old.unlink()
-    import yaml
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(state["config"], sort_keys=False))
     return target
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from fadenet.config import load_config
-from fadenet.evaluation.time_to_accuracy import budget_config, epochs_for_budget, planned_epoch_equivalents
+from fadenet.evaluation.time_to_accuracy import (budget_config, compute_meter, epochs_for_budget,
+                                                 planned_epoch_equivalents)
 from fadenet.model import build_model, count_macs
 from fadenet.training.budget import UNIT_SIZE, ComputeMeter, stage_size
 
@@ -34,14 +35,15 @@ def test_an_epoch_of_the_whole_split_at_the_unit_size_is_one(network):
 
 def test_budget_picks_the_epochs_whose_compute_is_closest():
     cfg = load_config("smoke", "data.size=112", "train.batch_size=10")
-    assert epochs_for_budget(cfg, 4.0, train_faces=100) == 4
+    meter = compute_meter(cfg, train_faces=100)
+    assert epochs_for_budget(cfg, 4.0, meter) == 4
     half = load_config("smoke", "data.size=112", "train.batch_size=10", "train.fraction=0.5")
-    assert epochs_for_budget(half, 2.0, train_faces=100) == 4
+    assert epochs_for_budget(half, 2.0, meter) == 4
     progressive = load_config("smoke", "data.size=112", "train.batch_size=10", "train.sizes=80,112")
-    epochs = epochs_for_budget(progressive, 2.0, train_faces=100)
-    spent = planned_epoch_equivalents(progressive, epochs, 100)
+    epochs = epochs_for_budget(progressive, 2.0, meter)
+    spent = planned_epoch_equivalents(progressive, epochs, meter)
     for other in (epochs - 1, epochs + 1):
-        assert abs(planned_epoch_equivalents(progressive, other, 100) - 2.0) >= abs(spent - 2.0)
+        assert abs(planned_epoch_equivalents(progressive, other, meter) - 2.0) >= abs(spent - 2.0)
     assert budget_config(progressive, {"train.lr": 1e-3}, 2.0, 7, 100).train.epochs == epochs
 
 

@@ -14,33 +14,32 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..config import RECIPES, Config, _read_yaml, read_recipe, recipe_title
+from ..config import Config, read_levers, read_recipe, recipe_title
 from ..data import FaceSet, Split
 from ..model import build_model, resolve_backbone
 from ..training import load_run, train
 from ..training.budget import ComputeMeter, stage_size
 
 
-def levers() -> dict[str, dict]:
-    """The levers of ``configs/recipes/levers.yaml``: name -> the keys it sets."""
-    return {name: dict(keys) for name, keys in _read_yaml(RECIPES / "levers.yaml").items()}
-
-
-def planned_epoch_equivalents(cfg: Config, epochs: int, train_faces: int) -> float:
-    """The compute ``epochs`` epochs of ``cfg`` will cost (its sizes, share of the split, batch)."""
+def compute_meter(cfg: Config, train_faces: int) -> ComputeMeter:
+    """The compute meter of ``cfg``'s network (random weights: the cost does not depend on them)."""
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone, model_cfg.pretrained = resolve_backbone(model_cfg), "none"
-    meter = ComputeMeter(build_model(model_cfg), train_faces)
-    images = (max(1, round(cfg.train.fraction * train_faces)) // cfg.train.batch_size) * cfg.train.batch_size
+    return ComputeMeter(build_model(model_cfg), train_faces)
+
+
+def planned_epoch_equivalents(cfg: Config, epochs: int, meter: ComputeMeter) -> float:
+    """The compute ``epochs`` epochs of ``cfg`` will cost (its sizes, share of the split, batch)."""
+    images = (max(1, round(cfg.train.fraction * meter.train_faces)) // cfg.train.batch_size) * cfg.train.batch_size
     return sum(meter.epoch_equivalents(images, stage_size(cfg.train.sizes, e, epochs, cfg.data.size))
                for e in range(epochs))
 
 
-def epochs_for_budget(cfg: Config, budget: float, train_faces: int) -> int:
+def epochs_for_budget(cfg: Config, budget: float, meter: ComputeMeter) -> int:
     """The number of epochs whose compute comes closest to ``budget`` epoch-equivalents."""
     best, best_gap = 1, float("inf")
     for epochs in range(1, int(4 * budget / max(cfg.train.fraction, 1e-3)) + 2):
-        gap = abs(planned_epoch_equivalents(cfg, epochs, train_faces) - budget)
+        gap = abs(planned_epoch_equivalents(cfg, epochs, meter) - budget)
         if gap < best_gap:
             best, best_gap = epochs, gap
         elif gap > best_gap:  # compute grows with the epochs: past the closest it only gets further
@@ -52,10 +51,11 @@ def budget_config(cfg: Config, overrides: dict, budget: float, seed: int, train_
     """``cfg`` with the recipe's overrides, the seed, and the epochs that spend ``budget``; a
     budget below one epoch is one epoch of a fixed age-stratified share of the split."""
     run_cfg = copy.deepcopy(cfg).override(overrides, {"train.seed": seed, "train.fraction": 1.0})
-    one_epoch = planned_epoch_equivalents(run_cfg, 1, train_faces)
+    meter = compute_meter(run_cfg, train_faces)
+    one_epoch = planned_epoch_equivalents(run_cfg, 1, meter)
     if budget < one_epoch:
         return run_cfg.override({"train.epochs": 1, "train.fraction": budget / one_epoch})
-    return run_cfg.override({"train.epochs": epochs_for_budget(run_cfg, budget, train_faces)})
+    return run_cfg.override({"train.epochs": epochs_for_budget(run_cfg, budget, meter)})
 
 
 def run_row(run, **labels) -> dict:
@@ -71,7 +71,7 @@ def lever_runs(cfg: Config, faces: FaceSet, split: Split, base: str, budget: flo
     each at ``budget``: validation MAE and its difference from the base recipe's (negative: the
     lever helps)."""
     base_keys = read_recipe(base)
-    tried = levers() if tried is None else tried
+    tried = read_levers() if tried is None else tried
     jobs = {base: base_keys, **{name: {**base_keys, **keys} for name, keys in tried.items()}}
     rows = []
     for name, keys in tqdm(jobs.items(), desc="levers", unit="run", disable=not progress):
