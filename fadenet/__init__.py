@@ -1,9 +1,5 @@
 """FADE-Net workbook: lightweight facial age estimation, reproduced chapter by chapter."""
 from .config import Config, ConfigError, load_config
-from .runtime import keep_freed_memory
-
-keep_freed_memory()
-
 
 
 def pretrained(device: str = "cpu"):
@@ -13,5 +9,12 @@ def pretrained(device: str = "cpu"):
     return load(device)
 
 
-__all__ = ["Config", "ConfigError", "load_config", "pretrained"]
+def photo_model(cfg):
+    """The model chapter 08 works with (``eval.photo_model``: shipped or this profile's run) and
+    the faces it was trained on; see :func:`fadenet.shipped.photo_model`."""
+    from .shipped import photo_model as choose
+    return choose(cfg)
+
+
+__all__ = ["Config", "ConfigError", "load_config", "photo_model", "pretrained"]
 __version__ = "0.1.0"

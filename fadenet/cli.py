@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     from .figures import ReportError
     from .runner import NotebookFailed
     from .training import CheckpointError, TrainingDiverged
+    from .runtime import keep_freed_memory
+    keep_freed_memory()  # here, not on import: importing the package changes no process settings
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

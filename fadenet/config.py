@@ -38,6 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE = ("auto", "true", "false")
 TTA_MODES = ("none", "flip", "multi")
 CROPS = ("auto", "aligned", "face", "none")
+PHOTO_MODELS = ("shipped", "trained")
 SCHEDULES = ("cosine", "linear")
 EVAL_PARTS = ("test", "val", "train", "all")  # what `evaluate` predicts: a part of the split, or every face
 
@@ -158,6 +159,9 @@ class EvalConfig:
     budgets: tuple[float, ...] = not_result((2.0, 4.0, 8.0))
     budget_seeds: tuple[int, ...] = not_result((42, 1337))
     lever_budget: float = not_result(2.0)  # each lever of configs/recipes/levers.yaml, one seed; 0 = none
+    # the model of chapter 08 (photos, robustness, fairness): the package's pretrained one, or
+    # this profile's chapter 03 run
+    photo_model: str = not_result("shipped")  # shipped | trained
 
 
 @dataclass
@@ -259,6 +263,7 @@ class Config:
             ("eval.tta", self.eval.tta, TTA_MODES), ("profile", self.profile, tuple(profiles())),
             ("train.precision", self.train.precision, PRECISIONS), ("train.compile", self.train.compile, COMPILE),
             ("train.schedule", self.train.schedule, SCHEDULES),
+            ("eval.photo_model", self.eval.photo_model, PHOTO_MODELS),
         ]
         for key, value, allowed in checks:
             if value not in allowed:

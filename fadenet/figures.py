@@ -26,7 +26,8 @@ def save_figure(fig: plt.Figure, name: str, cfg: Config, caption: str | None = N
     carry light outputs while the full-resolution figure lives in ``figures/``.
     """
     if caption:
-        fig.text(0.5, 0.003, caption, ha="center", va="bottom", fontsize=7, color="0.35")
+        # below the axes, never over their labels: the tight bounding box takes it in
+        fig.text(0.5, -0.005, caption, ha="center", va="top", fontsize=7, color="0.35")
     path = cfg.figures_path / f"{name}.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")

@@ -6,6 +6,8 @@ cost more than the convolutions (measured here: MobileNetV2 forward at 128 px, b
 cores went from about 30-70 to about 150-200 images/s). Raising glibc's mmap and trim thresholds
 keeps that memory in the process for reuse. The environment variables carry the setting to
 child processes (Jupyter kernels, workers); ``mallopt`` applies it to this already running one.
+The command line applies it when it starts (``fadenet.cli.main``) and the Makefile exports the
+variables for every process it starts; importing the package changes nothing.
 """
 from __future__ import annotations
 

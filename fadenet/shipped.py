@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,33 @@ def shipped_checkpoint(folder: Path = FOLDER) -> Path:
 def pretrained(device: str | torch.device = "cpu"):
     """The shipped FADE-Net in eval mode (``fadenet.pretrained()``); its ``meta`` says what it is."""
     return load_model(shipped_checkpoint(), device)[0]
+
+
+@dataclass
+class PhotoModel:
+    """The model a chapter works with and the faces it was trained on (their test split unseen)."""
+    checkpoint: Path
+    model: torch.nn.Module
+    cfg: object  # the checkpoint's own config
+    faces: object
+    split: object
+    label: str   # for captions: which model this is
+
+
+def photo_model(cfg, progress: bool = False) -> PhotoModel:
+    """``eval.photo_model`` of ``cfg``: the shipped model, or the profile's chapter 03 run
+    (trained now if it is not there yet)."""
+    from .training import train
+    from .training.checkpoint import trained_faces
+    if cfg.eval.photo_model == "shipped":
+        checkpoint = shipped_checkpoint()
+        label = f"shipped model {checkpoint.name}"
+    else:
+        run = train(cfg)
+        checkpoint, label = run.best, f"checkpoint {run.folder.name}"
+    model, model_cfg, state = load_model(checkpoint)
+    faces, split = trained_faces(model_cfg, state, progress=progress)
+    return PhotoModel(checkpoint, model, model_cfg, faces, split, label)
 
 
 def write_shipped(checkpoint: str | Path, folder: Path = FOLDER) -> Path:

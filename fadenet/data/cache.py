@@ -83,7 +83,7 @@ def prepare(cfg: Config, progress: bool = True) -> FaceSet:
     crop = resolve_crop(d.crop, source)
     if crop == "aligned" and not detect.available("mtcnn"):
         raise ConfigError("data.crop=aligned (the default for AAF) needs facenet-pytorch: `make setup` installs "
-                          "it, or pip install --no-deps facenet-pytorch==2.6.0; data.crop=face cuts AAF's faces "
+                          "it, or pip install facenet-pytorch==2.5.3; data.crop=face cuts AAF's faces "
                           "by their authors' alignment instead")
     dataset = sources.dataset_key(source, location)
     key = f"{dataset}-{crop}-{d.size}" + (f"-n{d.subset}" if d.subset else "")

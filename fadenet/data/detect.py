@@ -77,7 +77,7 @@ def resolve(name: str) -> str:
         if available("mtcnn"):
             return "mtcnn"
         log.warning("facenet-pytorch is not installed: faces are found with the Haar cascade, "
-                    "without landmarks or alignment (pip install --no-deps facenet-pytorch==2.6.0)")
+                    "without landmarks or alignment (pip install facenet-pytorch==2.5.3)")
         return "haar"
     return name
 

@@ -23,7 +23,7 @@ from ..data import FaceSet, Split
 from ..model import build_model, count_macs, count_parameters, resolve_backbone
 from ..model.variants import ABLATION, LEAVE_ONE_OUT, names, variant, variant_config
 from ..training import Run, train
-from .metrics import median_predictor_mae
+from .metrics import bootstrap_mean, median_predictor_mae
 
 
 def ablation_config(cfg: Config, variant: str, seed: int) -> Config:
@@ -146,9 +146,7 @@ def bootstrap_interval(pairs: list[tuple[np.ndarray, np.ndarray]], level: float 
     if any(len(a) != n or len(b) != n for a, b in pairs):
         raise ValueError("paired runs must be scored on the same test faces")
     gap = np.mean([np.abs(a) - np.abs(b) for a, b in pairs], axis=0)
-    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    means = gap[draws].mean(axis=1)
-    return float(np.quantile(means, 0.5 - level / 2)), float(np.quantile(means, 0.5 + level / 2))
+    return bootstrap_mean(gap, level, resamples, seed)
 
 
 def effect_sentence(row: dict) -> str:

@@ -9,6 +9,9 @@ def __getattr__(name: str):
     if name == "Explorer":
         from .widgets import Explorer
         return Explorer
+    if name == "chapter_summary":  # matplotlib, likewise
+        from .report import chapter_summary
+        return chapter_summary
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["BatchResult", "expand_inputs", "predict_paths", "AgePredictor", "FacePrediction", "interval", "moments", "read_image", "Explorer"]
+__all__ = ["chapter_summary", "BatchResult", "expand_inputs", "predict_paths", "AgePredictor", "FacePrediction", "interval", "moments", "read_image", "Explorer"]

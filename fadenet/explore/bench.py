@@ -158,3 +158,43 @@ def bench_faces(predictor: AgePredictor, faces: FaceSet, rows: np.ndarray, detec
     out = pd.DataFrame(table)
     out["difference"] = out["MAE photo path"] - out["MAE dataset crops"]
     return out
+
+
+def corrupted_scenes(faces: FaceSet, rows: np.ndarray, corruption) -> list[Scene]:
+    """The test files with ``corruption`` applied to the whole picture, sized to the face in it;
+    saved losslessly (PNG) so that only the corruption itself changes the picture."""
+    from ..evaluation.robustness import corrupt
+    scenes = []
+    for scene in file_scenes(faces, rows):
+        rgb = decode(scene)
+        (cx, cy), side = scene.centres[0], _face_side(faces, rgb)
+        bad = corrupt(rgb, corruption, box=(cx, cy, side), seed=scene.rows[0])
+        ok, data = cv2.imencode(".png", cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
+        scenes.append(replace(scene, jpeg=data.tobytes()))
+    return scenes
+
+
+def _face_side(faces: FaceSet, rgb: np.ndarray) -> float:
+    height, width = rgb.shape[:2]
+    return face_io.aligned_face_box(width, height)[2] if faces.crop == "face" else float(min(width, height))
+
+
+def photo_path_robustness(predictor: AgePredictor, faces: FaceSet, rows: np.ndarray, corruptions,
+                          progress: bool = True) -> pd.DataFrame:
+    """Per corruption (and clean): the share of faces the detector finds in the corrupted file
+    and the MAE of the photo path on those, beside the MAE of the corrupted dataset crops of the
+    same faces."""
+    from ..evaluation.robustness import corrupt_all
+    true = faces.ages[rows].astype(np.float64)
+    table = []
+    for c in [None, *corruptions]:
+        scenes = file_scenes(faces, rows) if c is None else corrupted_scenes(faces, rows, c)
+        found, _ = photo_path(scenes, predictor, progress)
+        crops = np.asarray(faces.images[rows]) if c is None else corrupt_all(np.asarray(faces.images[rows]), c)
+        crop_error = np.abs(expected_age(predictor.predict_crops(crops)) - true)
+        hit = found["found"].to_numpy()
+        table.append({"corruption": "none" if c is None else c.name, "strength": "clean" if c is None else c.strength,
+                      "faces": len(rows), "found %": 100 * hit.mean(),
+                      "MAE photo path": float(np.abs(found["predicted"].to_numpy()[hit] - true[hit]).mean()),
+                      "MAE dataset crops": float(crop_error[hit].mean())})
+    return pd.DataFrame(table)

@@ -136,6 +136,9 @@ class AgePredictor:
     def with_tta(self, tta: str) -> "AgePredictor":
         return dataclasses.replace(self, tta=tta)
 
+    def with_temperature(self, temperature: float | None) -> "AgePredictor":
+        return dataclasses.replace(self, temperature=temperature)
+
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """The network's distributions (N, K) of uint8 face crops (N, S, S, 3)."""
         network = self.model if self.session is None else self.session

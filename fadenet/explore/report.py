@@ -98,3 +98,88 @@ def sample_folder(faces: FaceSet, rows: Sequence[int], folder: Path) -> Path:
             cv2.imwrite(str(folder / f"{path.stem}.png"), cv2.cvtColor(np.asarray(faces.images[row]), cv2.COLOR_RGB2BGR))
     (folder / "notes.txt").write_text("a text file among the pictures\n")
     return folder
+
+
+def robustness_figure(table, example: np.ndarray, corruptions, title: str = "") -> plt.Figure:
+    """One face under each corruption (top) and the MAE change of each with its 95% interval
+    (bottom), from :func:`fadenet.evaluation.robustness.corruption_table`."""
+    from ..evaluation.robustness import corrupt
+    fig = plt.figure(figsize=(12, 7.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.5])
+    axes = top.subplots(2, (len(corruptions) + 2) // 2)
+    for ax, c in zip(axes.flat, [None, *corruptions]):
+        ax.imshow(example if c is None else corrupt(example, c))
+        ax.set_title("clean" if c is None else f"{c.name}\n{c.strength}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    ax = bottom.subplots()
+    rows = table[table["corruption"] != "none"].iloc[::-1]
+    labels = [f"{r.corruption}, {r.strength}" for r in rows.itertuples()]
+    y = np.arange(len(rows))
+    ax.errorbar(rows["MAE change"], y, xerr=[rows["MAE change"] - rows["95% low"], rows["95% high"] - rows["MAE change"]],
+                fmt="o", color="tab:red", capsize=3)
+    ax.axvline(0, color="0.5", lw=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    clean = table.loc[table["corruption"] == "none", "MAE"].iloc[0]
+    ax.set_xlabel(f"MAE change against the clean faces (years; clean MAE {clean:.2f}), 95% interval over the faces")
+    top.suptitle(title)
+    return fig
+
+
+def fairness_figure(table, title: str = "") -> plt.Figure:
+    """MAE and bias per life stage, one line per gender, with 95% intervals, from
+    :func:`fadenet.evaluation.metrics.fairness_table`."""
+    from ..evaluation.metrics import LIFE_STAGES
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for offset, (gender, part) in zip((-0.08, 0.08), table[table["ages"] != "all"].groupby("gender")):
+        x = np.array([LIFE_STAGES.index(a) for a in part["ages"]]) + offset
+        for ax, name in zip(axes, ("MAE", "bias")):
+            ax.errorbar(x, part[name], yerr=[part[name] - part[f"{name} low"], part[f"{name} high"] - part[name]],
+                        fmt="o-", capsize=3, label=f"{gender}")
+            ax.set_xticks(np.arange(len(LIFE_STAGES)), LIFE_STAGES)
+    axes[0].set_ylabel("mean absolute error (years)")
+    axes[1].set_ylabel("mean signed error (years; above 0: called older)")
+    axes[1].axhline(0, color="0.5", lw=1)
+    for ax in axes:
+        ax.set_xlabel("true age")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def chapter_summary(calibration, photo, corrupted, worst_photos, fair) -> str:
+    """Chapter 08's findings in sentences, every number from the chapter's own tables."""
+    lines = [f"Calibration: {calibration.describe()}."]
+    if photo is not None:
+        files = photo[(photo["detector"] == "mtcnn") & (photo["input"] == "test files") & (photo["network in"] == "PyTorch")]
+        scenes = photo[(photo["detector"] == "mtcnn") & (photo["input"] != "test files") & (photo["network in"] == "PyTorch")]
+        if len(files) and len(scenes):
+            f, sc = files.iloc[0], scenes.iloc[0]
+            lines.append(f"Photo path (MTCNN): {f['found %']:.1f}% of the test files' faces found, MAE {f['MAE photo path']:.2f} "
+                         f"against {f['MAE dataset crops']:.2f} from the dataset crops; in larger, tilted pictures "
+                         f"{sc['found %']:.1f}% found, MAE {sc['MAE photo path']:.2f}.")
+    clean = corrupted[corrupted["corruption"] == "none"].iloc[0]
+    bad = corrupted[corrupted["corruption"] != "none"]
+    raised = bad[bad["95% low"] > 0].sort_values("MAE change", ascending=False)
+    unchanged = bad[(bad["95% low"] <= 0) & (bad["95% high"] >= 0)]
+    text = f"Poor photos: clean MAE {clean['MAE']:.2f}; {len(raised)} of {len(bad)} corruptions raise the error"
+    if len(raised):
+        text += ", most " + "; ".join(f"{r['corruption']} {r['strength']} {r['MAE change']:+.2f} (95% {r['95% low']:.2f} "
+                                      f"to {r['95% high']:.2f})" for _, r in raised.head(3).iterrows())
+    if len(unchanged):
+        text += "; no change detected under " + ", ".join(f"{r['corruption']} {r['strength']}" for _, r in unchanged.iterrows())
+    lines.append(text + ".")
+    if worst_photos is not None:
+        through = worst_photos[worst_photos["corruption"] != "none"]
+        lines.append("Through the photo path: " + "; ".join(
+            f"{r['corruption']} {r['strength']}: {r['found %']:.0f}% found, MAE {r['MAE photo path']:.2f}"
+            for _, r in through.iterrows()) + ".")
+    cells = fair[fair["ages"] != "all"]
+    hi = cells.loc[cells["MAE"].idxmax()]
+    lo = cells.loc[cells["MAE"].idxmin()]
+    overall = fair[fair["ages"] == "all"].set_index("gender")
+    lines.append("By person: " + ", ".join(f"{g} MAE {r['MAE']:.2f} ({r['MAE low']:.2f} to {r['MAE high']:.2f}), "
+                                            f"bias {r['bias']:+.2f}" for g, r in overall.iterrows())
+                 + f"; worst cell {hi['gender']} {hi['ages']} (MAE {hi['MAE']:.2f}, {hi['MAE low']:.2f} to "
+                   f"{hi['MAE high']:.2f}, {int(hi['faces'])} faces), best {lo['gender']} {lo['ages']} ({lo['MAE']:.2f}).")
+    return "\n".join(lines)
