@@ -31,7 +31,8 @@ reproduce: setup
 
 # Unit tests plus nbval over every notebook in the smoke profile. Only cells tagged
 # nbval-check-output have their outputs compared (the rest depend on data and timing).
-test: $(VENV)/.test-installed
+# JupyterLab too: tests/test_runner.py and tests/test_browser.py serve the notebooks with it.
+test: $(VENV)/.test-installed $(VENV)/.lab-installed
 	FADENET_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # The edit-test loop: unit tests without training, notebooks, real data or the browser.

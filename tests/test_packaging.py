@@ -34,6 +34,9 @@ def test_test_and_lab_tools_are_extras():
     assert {re.match(r"[\w-]+", d).group(0) for d in extras["test"]} == {"pytest", "nbval", "selenium"}
     assert [re.match(r"[\w-]+", d).group(0) for d in extras["lab"]] == ["jupyterlab"]
     assert '".[test,lab]"' in (ROOT / "environment.yml").read_text()
+    # make test runs the JupyterLab tests, so it installs both extras
+    made = subprocess.run(["make", "-n", "-B", "test", "VENV=/nonexistent"], cwd=ROOT, capture_output=True, text=True)
+    assert '-e ".[test]"' in made.stdout and '-e ".[lab]"' in made.stdout, made.stdout + made.stderr
 
 
 def test_import_changes_no_environment():
