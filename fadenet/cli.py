@@ -98,7 +98,8 @@ def cmd_bench(args) -> None:
               f"({faces.source}, {faces.size}px, batch {batch}, {where})")
     elif args.what == "train":
         from .figures import markdown_table, save_table
-        from .training.bench import device_modes, machine_text, modes_frame, training_modes
+        from .runtime import machine_text
+        from .training.bench import device_modes, modes_frame, training_modes
         from .training.trainer import resolved
         modes = device_modes(cfg, args.modes)
         table = modes_frame(training_modes(cfg, faces, split, modes, steps=args.steps, rounds=args.rounds))
@@ -116,7 +117,7 @@ def cmd_bench_faces(args) -> None:
     from .explore.bench import bench_faces, spread
     from .figures import markdown_table, save_table
     from .training import load_model
-    from .training.bench import machine_text
+    from .runtime import machine_text
     from .training.checkpoint import trained_faces
     args.checkpoint = _checkpoint(args.checkpoint)
     model, trained_cfg, state = load_model(args.checkpoint)
@@ -190,22 +191,29 @@ def cmd_calibrate(args) -> None:
 def cmd_ship(args) -> None:
     from .evaluation.calibration import calibrate
     from .figures import markdown_table
-    from .shipped import card_tables, write_card, write_shipped
+    from .figures import save_table
+    from .shipped import card_tables, shipped_caption, write_card, write_shipped
+    from .training import load_model
     shipped = write_shipped(args.checkpoint)
     calibration = calibrate(shipped, tta=args.tta)
     tables = card_tables(shipped)
     card = write_card(shipped, tables, calibration)
+    save_table(tables["accuracy"], "00_shipped_model", load_model(shipped)[1], shipped_caption(shipped))
     print(markdown_table(tables["accuracy"]))
     print(f"\nshipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB); {calibration.describe()}; card {card}")
 
 
 def cmd_report(args) -> None:
     from .config import ROOT
-    from .figures import update_readme
+    from .figures import reproducing_markdown, update_readme
+    from .io import atomic_write_text
     cfg = _config(args)
     readme = args.readme or ROOT / "README.md"
     count = update_readme(cfg, readme)
-    print(f"{readme}: results section rewritten from {count} table(s) in {cfg.figures_path / 'tables'}")
+    reproducing = readme.with_name("REPRODUCING.md")
+    atomic_write_text(reproducing, reproducing_markdown(cfg))
+    print(f"{readme}: headline and results rewritten from {count} table(s) in {cfg.figures_path / 'tables'}; "
+          f"{reproducing} likewise")
 
 
 def cmd_summary(args) -> None:

@@ -90,3 +90,10 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def machine_text() -> str:
+    """The machine in words, for captions and run records: CPU, its features, cores, GPU."""
+    import torch
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores{gpu}"

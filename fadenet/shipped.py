@@ -12,6 +12,7 @@ fitted on validation), ``config.yaml`` (the resolved training config: ``python -
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +110,47 @@ def write_shipped(checkpoint: str | Path, folder: Path = FOLDER) -> Path:
         if old != target:
             old.unlink()
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(state["config"], sort_keys=False))
+    meta = Path(checkpoint).with_name("meta.json")
+    if meta.is_file():  # the run's record: compute, time, epochs (the card quotes it)
+        atomic_write_text(folder / "run.json", meta.read_text())
+    else:
+        (folder / "run.json").unlink(missing_ok=True)
     return target
 
 
 # ---- the model card --------------------------------------------------------------------------
 GENDERS = ("female", "male")
+
+
+def _compute_sentence(checkpoint: Path) -> str:
+    """The training compute, from the run's ``meta.json`` (written beside the card as ``run.json``)."""
+    run = checkpoint.with_name("run.json")
+    if not run.is_file():
+        return ""
+    m = json.loads(run.read_text())
+    return (f"\nTraining compute: {m['epoch_equivalents']:.1f} epoch-equivalents (epochs of the "
+            f"{m['train']:,} training faces at 112 px, counted in multiply-adds), "
+            f"{m['train_seconds'] / 60:.0f} minutes on {_machine(m)}; "
+            f"best validation epoch {m['best_epoch']} of {m['epochs_done']}.")
+
+
+def _machine(run: dict) -> str:
+    if run.get("machine"):
+        return run["machine"]
+    from .runtime import machine_text
+    return f"{machine_text()} (the machine `ship` ran on: the run did not record its own)"
+
+
+def shipped_caption(checkpoint: Path) -> str:
+    """Caption of the shipped model's table: data, file, compute, machine, command."""
+    from .figures import provenance
+    _, cfg, state = load_model(checkpoint)
+    run_file = checkpoint.with_name("run.json")
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    compute = (f" | {run['epoch_equivalents']:.1f} epoch-equivalents, {run['train_seconds'] / 60:.0f} min on {_machine(run)}"
+               if run else "")
+    return (f"{provenance(cfg, state.get('data_source') or cfg.data.source, run.get('images'))} | {checkpoint.name}"
+            f"{compute} | python -m fadenet train --config fadenet/pretrained/config.yaml")
 
 
 def card_tables(checkpoint: Path, progress: bool = False, resamples: int = 2000) -> dict[str, pd.DataFrame]:
@@ -190,7 +227,7 @@ MTCNN landmarks onto a fixed eye and mouth geometry (chapter 01), as `predict` a
 config beside this card): {cfg.train.epochs} epochs of the training part, batch {cfg.train.batch_size},
 AdamW lr {cfg.train.lr:g} with {cfg.train.schedule} decay, augmentation strength {cfg.train.aug_strength:g}
 (0: flips only), weight average {cfg.train.ema_decay:g}; {count_parameters(model):,} parameters. Then `python -m fadenet ship
---checkpoint runs/<run>/best.pt` writes this folder.
+--checkpoint runs/<run>/best.pt` writes this folder.{_compute_sentence(checkpoint)}
 
 ## Accuracy
 MAE in years with 95% bootstrap intervals over faces; CS@5 = share of faces within 5 years.
@@ -215,9 +252,11 @@ For research and teaching: estimating apparent age from a frontal face photo, an
 to compare ideas against. Not for decisions about people (access, eligibility, law enforcement,
 age verification): an error of several years is typical and larger at the extremes (the table
 above). All-Age-Faces holds East Asian faces only, photographed mostly frontal and well lit:
-on faces of other ethnicities, on children under 2 or adults over 80, in profile, in poor light
-or heavily compressed, the error is unmeasured here and likely larger. Ages are the dataset's
-labels (real age), not apparent age.
+on faces of other ethnicities, on children under 2 or adults over 80, or in profile, the error
+is unmeasured here and likely larger. What compression, blur, low resolution, light, noise and
+a covered face do to it, and how it differs between women and men across ages, chapter 08
+measures on the test faces (`figures/tables/08_robustness.csv`, `08_fairness.csv`). Ages are the
+dataset's labels (real age), not apparent age.
 
 ## Licence
 The code is MIT. The weights are learnt from All-Age-Faces, released by its authors for

@@ -6,14 +6,16 @@ import pandas as pd
 import pytest
 
 from fadenet.config import ROOT, load_config
-from fadenet.figures import RESULTS_END, markdown_table, RESULTS_START, ReportError, results_markdown, save_table, update_readme
+from fadenet.figures import (HEADLINE_END, HEADLINE_START, RESULTS_END, RESULTS_START, ReportError, headline,
+                             markdown_table, reproducing_markdown, results_markdown, save_table, update_readme)
 
 
 def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
     save_table(pd.DataFrame({"idea": ["spp"], "effect (years)": [-0.5]}), "04_effects", cfg, "made here")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n## Results\n{RESULTS_START}\nold text\n{RESULTS_END}\n\n## After\nkept\n")
+    readme.write_text(f"# title\n{HEADLINE_START}\nold line\n{HEADLINE_END}\n\n## Results\n{RESULTS_START}\nold text\n"
+                      f"{RESULTS_END}\n\n## After\nkept\n")
     assert update_readme(cfg, readme) == 1
     text = readme.read_text()
     assert "old text" not in text and text.endswith("## After\nkept\n") and text.startswith("# title")
@@ -21,6 +23,16 @@ def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     assert "#### What each idea does (notebook 04)" in section and "| spp | -0.500 |" in section
     assert "_made here_" in section
     assert "Training (notebook 03)" not in section, "absent tables are skipped"
+    assert "old line" not in text and "No shipped model measured yet" in text
+
+
+def test_the_headline_is_the_shipped_models_test_row(tmp_path):
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    rows = [{"split": s, "TTA": t, "faces": 1333, "MAE": mae, "95% low": mae - 0.2, "95% high": mae + 0.25, "CS@5": cs}
+            for s, t, mae, cs in [("val", "none", 4.9, 0.6), ("test", "none", 4.5, 0.634), ("test", "flip", 4.41, 0.64)]]
+    save_table(pd.DataFrame(rows), "00_shipped_model", cfg)
+    assert headline(cfg) == ("**The shipped model estimates age within 4.50 years on average** (test MAE, 95% interval "
+                             "4.30 to 4.75, 1,333 All-Age-Faces test faces; 63% within 5 years; 4.41 with flip TTA).")
 
 
 def test_table_cells_round_to_three_decimals_without_a_negative_zero():
@@ -31,11 +43,11 @@ def test_table_cells_round_to_three_decimals_without_a_negative_zero():
 def test_a_readme_without_markers_is_one_clear_error(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    with pytest.raises(ReportError, match="has no results markers"):
+    with pytest.raises(ReportError, match="has no markers"):
         update_readme(load_config("smoke"), readme)
     result = subprocess.run([sys.executable, "-m", "fadenet", "report", "--readme", str(readme)],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.startswith(f"error: {readme} has no results markers")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {readme} has no markers")
 
 
 def test_the_committed_readme_results_are_what_the_committed_tables_generate():
@@ -43,3 +55,19 @@ def test_the_committed_readme_results_are_what_the_committed_tables_generate():
     section = text.split(RESULTS_START)[1].split(RESULTS_END)[0].strip()
     assert section == results_markdown(load_config("reference")).strip(), \
         "README's results differ from figures/tables/: run `python -m fadenet report`"
+    line = text.split(HEADLINE_START)[1].split(HEADLINE_END)[0].strip()
+    assert line == headline(load_config("reference")), "README's headline differs: run `python -m fadenet report`"
+
+
+def test_reproducing_lists_every_table_with_its_caption(tmp_path):
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    save_table(pd.DataFrame({"a": [1]}), "03_x", cfg, "data: AAF | profile reference | run r1")
+    save_table(pd.DataFrame({"notebook": ["01"], "seconds": [9]}), "reproduce_times", cfg, "python -m fadenet reproduce")
+    text = reproducing_markdown(cfg)
+    assert "| [03_x](figures/tables/03_x.md) | data: AAF / profile reference / run r1 |" in text
+    assert "## How long the last whole run took\n\n| notebook | seconds |" in text
+
+
+def test_the_committed_reproducing_is_what_the_tables_generate():
+    assert (ROOT / "REPRODUCING.md").read_text() == reproducing_markdown(load_config("reference")), \
+        "REPRODUCING.md differs from figures/tables/: run `python -m fadenet report`"

@@ -264,3 +264,18 @@ def _attention_kind(block: nn.Module) -> str:
 
 def _hw(shape: tuple[int, ...]) -> str:
     return f"{shape[2]}x{shape[3]}"
+
+
+def chapter_summary(cost: pd.DataFrame, variants: pd.DataFrame) -> str:
+    """Chapter 02's findings in sentences, from its cost and variant tables."""
+    params, macs = "parameters, measured here", "M multiply-adds @224px, measured here"
+    fade, vanilla = cost.iloc[0], cost.iloc[1]
+    by = variants.set_index("variant")
+    return "\n".join([
+        f"FADE-Net (paper configuration): {fade[params]:,} parameters and {fade[macs]:.1f}M multiply-adds "
+        f"at 224 px, against {vanilla[params]:,} and {vanilla[macs]:.1f}M for the MobileNetV3-Large classifier: "
+        f"{vanilla[params] - fade[params]:,} fewer parameters, {fade[macs] / vanilla[macs]:.2f} times the computation.",
+        f"SPP is the costly idea: without it {by.loc['-spp', 'M multiply-adds @224px']:.1f}M multiply-adds "
+        f"(the baseline {by.loc['baseline', 'M multiply-adds @224px']:.1f}M); coordinate attention removes "
+        f"parameters ({by.loc['-ca', 'parameters']:,} with SE kept).",
+    ])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import FaceSet, Split
-from ..runtime import cpu_features, cpu_info, usable_cores
+from ..runtime import usable_cores
 from . import parallel
 from .trainer import Trainer, resolved, training_device
 
@@ -241,8 +241,3 @@ def modes_frame(results: list[ModeResult]) -> pd.DataFrame:
              "first 2 steps, s": round(r.first_seconds, 1),
              "loop / bare step": f"{r.rate / float(np.median(r.bare)):.1%}" if r.bare else ""} for r in results]
     return pd.DataFrame(rows)
-
-
-def machine_text() -> str:
-    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores{gpu}"

@@ -36,7 +36,7 @@ from ..data.sources import pick_source
 from ..data.loader import Batches, mixup
 from ..io import atomic_path, atomic_write_text
 from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
-from ..runtime import fast_bf16
+from ..runtime import fast_bf16, machine_text
 from . import parallel
 from .budget import ComputeMeter, stage_size
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
@@ -465,7 +465,7 @@ class Trainer:
                 "size": self.faces.size,
                 "parameters": count_parameters(self.model),
                 "precision": self.cfg.train.precision, "compiled": self.compiled, "processes": self.group.world,
-                "threads_per_process": torch.get_num_threads(),
+                "threads_per_process": torch.get_num_threads(), "machine": machine_text(),
                 "epochs_done": len(self.history), "best_epoch": self.best_epoch + 1,
                 "epoch_equivalents": self.history[-1].get("epoch_equivalents", math.nan) if self.history else 0.0,
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
