@@ -186,6 +186,8 @@ def cmd_calibrate(args) -> None:
     result = calibrate(_checkpoint(args.checkpoint), tta=args.tta)
     print(result.describe())
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    test = result.by_group[result.by_group["split"] == "test"]
+    print(test.drop(columns=["split"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def cmd_ship(args) -> None:
@@ -324,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: the network in ONNX Runtime, from the model.onnx that `export` wrote beside the checkpoint")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("calibrate", help="fit the temperature that makes a checkpoint's age intervals hold "
-                                         "as often as they say (on its validation split); predict uses it")
+    p = sub.add_parser("calibrate", help="fit the temperature and the conformal intervals that make a checkpoint's "
+                                         "age intervals hold as often as they say (on its validation split); "
+                                         "predict uses the one closer per life stage")
     p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="the TTA predict will be run with")
     p.set_defaults(func=cmd_calibrate)

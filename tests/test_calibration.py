@@ -59,3 +59,66 @@ def test_saved_temperature_reads_back_and_bad_files_are_none(tmp_path):
     for bad in ("{", json.dumps({"temperature": -1}), json.dumps({"t": 1}), json.dumps({"temperature": "x"})):
         target.write_text(bad)
         assert calibration.saved_temperature(checkpoint) is None
+
+
+def two_point(means: np.ndarray) -> np.ndarray:
+    """Half the mass one year below each mean, half one year above: mean as given, std exactly 1."""
+    probs = np.zeros((len(means), 81))
+    probs[np.arange(len(means)), means - 1] = 0.5
+    probs[np.arange(len(means)), means + 1] += 0.5
+    return probs
+
+
+def test_conformal_scale_and_interval_by_hand():
+    probs = two_point(np.full(9, 40))
+    ages = 40 + np.array([3, -1, 0, 8, -5, 2, 7, -4, 6])  # scores |age - 40| / 1: 0..8 once each
+    # (n + 1) * mass = 5 -> the 5th smallest score; 9 -> the 9th; 9.5 -> a 10th that 9 faces lack
+    assert calibration.conformal_scale(probs, ages, 0.5) == 4.0
+    assert calibration.conformal_scale(probs, ages, 0.9) == 8.0
+    assert calibration.conformal_scale(probs, ages, 0.95) == np.inf
+    low, high = calibration.conformal_interval(two_point(np.array([30, 1, 79])), 2.5)
+    assert low.tolist() == [28, 0, 77] and high.tolist() == [32, 3, 80]  # 30 +- 2.5 -> 28..32, clipped to 0..80
+
+
+def age_dependent_errors(n: int, seed: int):
+    """A network whose error grows with age while its predicted spread stays 3 years."""
+    rng = np.random.default_rng(seed)
+    ages = rng.integers(2, 80, n)
+    means = np.clip(ages + rng.normal(0, 1 + ages / 10), 1, 79)
+    return gaussians(means, 3.0), ages, np.where(rng.random(n) < 0.5, "female", "male")
+
+
+def test_conformal_intervals_hold_on_new_faces_and_win_where_error_grows_with_age():
+    val, test = age_dependent_errors(3000, 0), age_dependent_errors(3000, 1)
+    temperature = fit_temperature(*val[:2])
+    scales = {m: calibration.conformal_scale(*val[:2], m) for m in calibration.MASSES}
+    table = calibration.coverage_by_group({"val": val, "test": test}, temperature, scales, resamples=200)
+    cell = table.set_index(["split", "method", "group"])
+    for mass in calibration.MASSES:  # the guarantee: on faces it never saw, coverage near the mass
+        assert abs(cell.loc[("test", "conformal", "all"), f"{mass:.0%}"] - mass) < 0.03
+    # neither fixes the old (a spread that should grow with age), but by life stage conformal is closer
+    gap = cell.xs("val", level="split").groupby(level="method")["stage gap"].first()
+    assert gap["conformal"] < gap["temperature"]
+    assert cell.loc[("test", "conformal", "60+"), "90%"] < 0.9 < cell.loc[("test", "conformal", "0-12"), "90%"]
+    assert set(table["group"]) == {"all", *calibration.LIFE_STAGES, "female", "male"}
+
+
+def test_saved_conformal_is_read_only_where_calibrate_chose_it(tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    path = tmp_path / calibration.CALIBRATION_FILE
+    path.write_text(json.dumps({"temperature": 1.2, "interval": "conformal", "conformal": {"0.5": 0.7, "0.9": 1.9}}))
+    assert calibration.saved_conformal(checkpoint) == {0.5: 0.7, 0.9: 1.9}
+    path.write_text(json.dumps({"temperature": 1.2, "interval": "temperature", "conformal": {"0.5": 0.7, "0.9": 1.9}}))
+    assert calibration.saved_conformal(checkpoint) is None
+    path.write_text(json.dumps({"temperature": 1.2, "interval": "conformal", "conformal": {"0.5": 0.7}}))
+    assert calibration.saved_conformal(checkpoint) is None
+
+
+def test_a_prediction_reports_the_conformal_interval_when_it_has_one():
+    from fadenet.explore.predictor import FacePrediction, whole_picture
+    crop = np.zeros((8, 8, 3), np.uint8)
+    probs = two_point(np.array([30]))[0]
+    plain = FacePrediction(whole_picture(crop), True, crop, probs, temperature=1.0)
+    assert plain.interval(0.9) == (29, 31)  # the distribution's own central 90%
+    conformal = FacePrediction(whole_picture(crop), True, crop, probs, 1.0, {0.5: 1.5, 0.9: 4.2})
+    assert conformal.interval(0.9) == (26, 34) and conformal.interval(0.5) == (29, 31)

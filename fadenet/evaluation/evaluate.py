@@ -30,6 +30,7 @@ class Evaluation:
     protocol: str                # split protocol, or "cross-dataset"
     tta: str
     checkpoints: list[str] = field(default_factory=list)
+    genders: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # per face, as the dataset labels it
 
     @property
     def cross_dataset(self) -> bool:
@@ -88,7 +89,9 @@ def evaluate(checkpoints: list[str | Path], tta: str = "none", source: str | Non
     probs = predict_probs(models, faces.images, rows, tta, trained_cfg.eval.scales, batch_size, device, progress,
                           precision=auto_precision(torch.device(device)))
     table = predictions_table(probs, faces.ages[rows], faces.table["path"].to_numpy()[rows])
-    return Evaluation(table, probs, faces.source, trained_on, part, protocol, tta, [str(c) for c in checkpoints])
+    genders = faces.table["gender"].fillna("").astype(str).to_numpy()[rows]
+    return Evaluation(table, probs, faces.source, trained_on, part, protocol, tta, [str(c) for c in checkpoints],
+                      genders)
 
 
 def tta_grid(checkpoints: dict[str, str | Path], faces, rows: np.ndarray, modes=("none", "flip", "multi"),

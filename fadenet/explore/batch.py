@@ -31,7 +31,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".m
 # Landmarks in the picture's pixels; "left" and "right" are the picture's sides, not the person's.
 LANDMARKS = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")
 COLUMNS = ("input", "kind", "frame", "time_s", "face", "framing", "detector", "score", "predicted_age", "std",
-           "low_50", "high_50", "low_90", "high_90", "calibrated", "box_x", "box_y", "box_w", "box_h",
+           "low_50", "high_50", "low_90", "high_90", "calibrated", "interval", "box_x", "box_y", "box_w", "box_h",
            *(f"{name}_{axis}" for name in LANDMARKS for axis in "xy"), "output", "error")
 INTEGER_COLUMNS = ("frame", "face", "low_50", "high_50", "low_90", "high_90", "box_x", "box_y", "box_w", "box_h")
 CAMERA_FPS = 25.0  # assumed where a camera does not report its frame rate
@@ -256,12 +256,18 @@ def annotate(bgr: np.ndarray, predictions: Sequence[FacePrediction]) -> None:
                     cv2.LINE_AA)
 
 
+def interval_kind(predictor: AgePredictor) -> str:
+    """How the intervals were made: conformal, temperature (calibrated distribution) or raw."""
+    return "conformal" if predictor.conformal else "temperature" if predictor.temperature is not None else "raw"
+
+
 def face_row(source: Source, p: FacePrediction, index: int, predictor: AgePredictor) -> dict:
     left, top, width, height = p.face.box
     row = {"input": source.path, "kind": source.kind, "face": index,
            "framing": "detected face" if p.detected else "whole image",
            "detector": predictor.detector if p.detected else "", "score": p.face.score if p.detected else None,
            "predicted_age": p.age, "std": p.std, "calibrated": predictor.temperature is not None,
+           "interval": interval_kind(predictor),
            "box_x": round(left), "box_y": round(top), "box_w": round(width), "box_h": round(height), "error": ""}
     for mass in (0.5, 0.9):
         row[f"low_{mass * 100:.0f}"], row[f"high_{mass * 100:.0f}"] = p.interval(mass)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..data import detect, faces
 from ..data.detect import Face
-from ..evaluation.calibration import central_interval, saved_temperature, temper
+from ..evaluation.calibration import central_interval, conformal_interval, saved_conformal, saved_temperature, temper
 from ..model import AgeNet, predict_probs
 from ..training import CheckpointError, load_model
 from ..training.trainer import auto_precision
@@ -70,6 +70,7 @@ class FacePrediction:
     crop: np.ndarray      # the network's input, uint8 (S, S, 3)
     probs: np.ndarray     # predicted distribution over ages 0..K-1, as the network gives it
     temperature: float | None = None  # the checkpoint's calibration, None: uncalibrated
+    conformal: dict[float, float] | None = None  # conformal half-widths per mass, where calibrate chose them
 
     @property
     def age(self) -> float:
@@ -86,7 +87,10 @@ class FacePrediction:
         return moments(self.calibrated_probs)[1]
 
     def interval(self, mass: float) -> tuple[int, int]:
-        """The central ``mass`` interval of the calibrated distribution."""
+        """The ``mass`` interval calibration chose: conformal, or central of the calibrated distribution."""
+        if self.conformal and mass in self.conformal:
+            low, high = conformal_interval(self.probs[None], self.conformal[mass])
+            return int(low[0]), int(high[0])
         return interval(self.calibrated_probs, mass)
 
 
@@ -110,6 +114,7 @@ class AgePredictor:
     batch_size: int = 64
     detector: str = "auto"
     temperature: float | None = None  # None: uncalibrated (the raw distribution)
+    conformal: dict[float, float] | None = None  # intervals mean +- q std per mass instead (calibration chose them)
     session: torch.nn.Module | None = None  # the same network in ONNX Runtime, used instead of it
 
     @classmethod
@@ -131,13 +136,16 @@ class AgePredictor:
                         "(python -m fadenet calibrate --checkpoint %s)", Path(path).name, path)
         session = onnx_session(Path(path)) if engine == "onnx" else None
         return cls(model, cfg.data.size, tta, tuple(cfg.eval.scales), detector=detect.resolve(detector),
-                   temperature=temperature, session=session)
+                   temperature=temperature, conformal=saved_conformal(path), session=session)
 
     def with_tta(self, tta: str) -> "AgePredictor":
         return dataclasses.replace(self, tta=tta)
 
-    def with_temperature(self, temperature: float | None) -> "AgePredictor":
-        return dataclasses.replace(self, temperature=temperature)
+    def with_calibration(self, calibration) -> "AgePredictor":
+        """The predictor with a fitted :class:`~fadenet.evaluation.calibration.Calibration`: its
+        temperature, and its conformal intervals where it chose them."""
+        conformal = calibration.scales if calibration.interval == "conformal" else None
+        return dataclasses.replace(self, temperature=calibration.temperature, conformal=conformal)
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """The network's distributions (N, K) of uint8 face crops (N, S, S, 3)."""
@@ -157,5 +165,5 @@ class AgePredictor:
         else:
             return []
         crops = np.stack(crops)
-        return [FacePrediction(face, detected, crop, probs, self.temperature)
+        return [FacePrediction(face, detected, crop, probs, self.temperature, self.conformal)
                 for face, crop, probs in zip(found, crops, self.predict_crops(crops))]

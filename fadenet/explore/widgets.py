@@ -60,7 +60,7 @@ def prediction_line(p: FacePrediction, true_age: float | None = None) -> str:
     """The predicted age, and the spread and intervals of the (calibrated) distribution."""
     (low50, high50), (low90, high90) = p.interval(0.5), p.interval(0.9)
     truth = f"true age <b>{true_age:.0f}</b> &middot; " if true_age is not None else ""
-    calibrated = "calibrated" if p.temperature is not None else "uncalibrated"
+    calibrated = ("conformal" if p.conformal else "calibrated" if p.temperature is not None else "uncalibrated")
     return (f"{truth}predicted <b>{p.age:.1f}</b> &middot; std {p.std:.1f} &middot; 50% interval {low50}-{high50} "
             f"&middot; 90% interval {low90}-{high90} ({calibrated})")
 
@@ -137,7 +137,8 @@ class Explorer:
         crop = np.array(self.faces.images[row])
         true_age = float(self.faces.ages[row])
         probs = self.predictor.with_tta(self.tta.value).predict_crops(crop[None])[0]
-        face = FacePrediction(whole_picture(crop), True, crop, probs, self.predictor.temperature)
+        face = FacePrediction(whole_picture(crop), True, crop, probs, self.predictor.temperature,
+                              self.predictor.conformal)
         cam = compute_cams(self.predictor.model, crop[None], self.method.value, self.layer.value)[0]
         path = html.escape(str(self.faces.table["path"].iloc[row]))
         self.dataset_view.show(crop, face.calibrated_probs, cam, [
