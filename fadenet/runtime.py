@@ -97,3 +97,13 @@ def machine_text() -> str:
     import torch
     gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores{gpu}"
+
+
+def compile_model(module, **kwargs):
+    """``torch.compile(module, **kwargs)``. Without CUDA, inductor's toolchain probe warns "No CUDA
+    runtime is found" although a CPU compile needs none; that one logger is quietened there."""
+    import logging
+    import torch
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(module, **kwargs)

@@ -38,7 +38,7 @@ from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
 from ..model import SpatialPyramidPooling, build_model, count_macs, count_parameters
 from ..model.variants import VANILLA, VARIANTS, variant_config
-from ..runtime import cpu_info, simd_text
+from ..runtime import compile_model, cpu_info, simd_text
 from .export import (DEFAULT_INT8, INPUT, Int8Recipe, calibration_batch,
                      export_onnx, face_batch, ort_session, quantize_int8, spread_rows)
 
@@ -178,7 +178,7 @@ class Network:
     def compiled(self) -> nn.Module:
         # freezing folds the weights into the graph as constants, which inference on CPU needs
         # to be fast (without it, compiled code was many times slower than eager here)
-        return self._once("compile", lambda: torch.compile(self.model, dynamic=False, options={"freezing": True}))
+        return self._once("compile", lambda: compile_model(self.model, dynamic=False, options={"freezing": True}))
 
     def on_gpu(self) -> nn.Module:
         return self._once("cuda", lambda: copy.deepcopy(self.model).cuda())

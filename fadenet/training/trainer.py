@@ -36,7 +36,7 @@ from ..data.sources import pick_source
 from ..data.loader import Batches, mixup
 from ..io import atomic_path, atomic_write_text
 from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
-from ..runtime import fast_bf16, machine_text
+from ..runtime import compile_model, fast_bf16, machine_text
 from . import parallel
 from .budget import ComputeMeter, stage_size
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
@@ -215,7 +215,7 @@ class Trainer:
         self.compiled = t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda")
         self._compile_checked = False
         if self.compiled:
-            self.net = torch.compile(self.net)
+            self.net = compile_model(self.net)
         k = cfg.model.num_classes
         self.train_rows = training_rows(faces, split, t.fraction, cfg.data.seed)
         train_ages = torch.as_tensor(faces.ages[self.train_rows])
