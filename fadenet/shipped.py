@@ -12,6 +12,7 @@ fitted on validation), ``config.yaml`` (the resolved training config: ``python -
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -101,11 +102,14 @@ def write_shipped(checkpoint: str | Path, folder: Path = FOLDER) -> Path:
     meta = state.get("meta", {})
     stem = f"fadenet-{state.get('data_source', 'data')}-{meta.get('backbone', 'net')}-{state['config']['data']['size']}px"
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"{stem}.pt") as tmp:
-        torch.save(keep, tmp)
-        digest = sha256(tmp)
-    target = folder / f"{stem}-{digest[:HASH_DIGITS]}.pt"
-    (folder / f"{stem}.pt").replace(target)
+    # serialised in memory: torch.save names the archive's records after the file, so saving to a
+    # temporary file would make the bytes, and the hash, differ from one ship to the next
+    buffer = io.BytesIO()
+    torch.save(keep, buffer)
+    data = buffer.getvalue()
+    target = folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:HASH_DIGITS]}.pt"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
     for old in folder.glob("fadenet-*.pt"):
         if old != target:
             old.unlink()
@@ -139,6 +143,25 @@ def _machine(run: dict) -> str:
         return run["machine"]
     from .runtime import machine_text
     return f"{machine_text()} (the machine `ship` ran on: the run did not record its own)"
+
+
+def _intervals_text(calibration) -> str:
+    """The card's Intervals section: the method calibrate chose on validation and its test coverage."""
+    test = calibration.by_group[(calibration.by_group["split"] == "test") & (calibration.by_group["group"] == "all")]
+    cover = test.set_index("method")
+    chosen = cover.loc[calibration.interval]
+    worst = calibration.by_group[(calibration.by_group["split"] == "test")
+                                 & (calibration.by_group["method"] == calibration.interval)]
+    worst = worst.loc[(worst["90%"] - 0.9).abs().idxmax()]
+    how = (f"the distribution tempered by {calibration.temperature:.3f}" if calibration.interval == "temperature"
+           else f"the predicted age +- {calibration.scales[0.5]:.2f} and {calibration.scales[0.9]:.2f} predicted "
+                "standard deviations (split-conformal)")
+    other = "split-conformal" if calibration.interval == "temperature" else "temperature"
+    return (f"`predict` reports 50% and 90% intervals from {how}, fitted on validation with TTA {calibration.tta} "
+            f"and chosen over the {other} intervals for coverage per life stage on validation. On test they held "
+            f"the true age for {chosen['50%']:.1%} and {chosen['90%']:.1%} of faces; the group furthest from 90% "
+            f"is {worst['group']} ({worst['90%']:.1%} of {int(worst['faces'])} faces; per group: chapter 08, "
+            f"`figures/tables/08_coverage_by_age.csv`).")
 
 
 def shipped_caption(checkpoint: Path) -> str:
@@ -198,7 +221,6 @@ def write_card(checkpoint: Path, tables: dict[str, pd.DataFrame], calibration, f
     meta = model.meta
     acc = tables["accuracy"].set_index(["split", "TTA"])
     test = acc.loc[("test", "none")]
-    cov = calibration.table.set_index("split").loc["test"]
     size_mb = checkpoint.stat().st_size / 1e6
     text = f"""# Model card: the shipped FADE-Net
 
@@ -243,9 +265,7 @@ By gender (All-Age-Faces' labels):
 {markdown_table(tables['gender'])}
 
 ## Intervals
-`predict` reports 50% and 90% intervals from the distribution tempered by {calibration.temperature:.3f}
-(fitted on validation, TTA {calibration.tta}); on test they held the true age for
-{cov['50% calibrated']:.1%} and {cov['90% calibrated']:.1%} of faces.
+{_intervals_text(calibration)}
 
 ## Intended use and limitations
 For research and teaching: estimating apparent age from a frontal face photo, and as a baseline

@@ -55,6 +55,14 @@ def test_the_shipped_file_is_small_and_its_name_carries_its_hash():
     assert (path.parent / "MODEL_CARD.md").is_file() and (path.parent / "calibration.json").is_file()
 
 
+def test_shipping_is_reproducible_byte_for_byte(tmp_path):
+    from fadenet.shipped import write_shipped
+    shipped = shipped_checkpoint()
+    first, second = write_shipped(shipped, tmp_path / "a"), write_shipped(shipped, tmp_path / "b")
+    assert first.name == second.name == shipped.name  # float16 of float16 weights: the same file again
+    assert first.read_bytes() == second.read_bytes() == shipped.read_bytes()
+
+
 def test_pretrained_predicts_the_stored_ages_of_synthetic_faces():
     reference = json.loads(REFERENCE.read_text())
     assert reference["file"] == shipped_checkpoint().name, "stored values are of another file: refresh them"
