@@ -49,6 +49,16 @@ def cmd_prepare(args) -> None:
           f"test {len(split.test):,} ({split.path})")
 
 
+def cmd_factorial(args) -> None:
+    from .data import load_split, prepare
+    from .evaluation import factorial
+    cfg = _config(args)
+    faces = prepare(cfg)
+    runs = factorial.run_factorial(cfg, faces, load_split(faces, cfg))
+    print(f"{len(runs)} runs stored in {cfg.shown(cfg.figures_path / 'predictions')}; "
+          f"mean test MAE {runs['test_mae'].mean():.3f}")
+
+
 def cmd_download(args) -> None:
     from .data.download import download_afad
     cfg = _config(args)
@@ -233,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="preprocess the dataset into the cache and make its split")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("factorial", help="train chapter 04's 16 networks x eval.factorial_seeds (resumes; "
+                                         "finished runs are read from <figures>/predictions/)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_factorial)
 
     p = sub.add_parser("download", help="download AFAD (needs a network)")
     p.add_argument("dataset", choices=["afad"])

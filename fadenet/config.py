@@ -152,6 +152,7 @@ class EvalConfig:
     scales: tuple[float, ...] = not_result((0.9, 1.0, 1.1))
     seeds: tuple[int, ...] = not_result((42, 1337))
     ablation_budget: float = not_result(1.0)  # share of the training split each ablation run learns from
+    factorial_seeds: tuple[int, ...] = not_result((42, 1337))  # chapter 04's 2^4 factorial: each cell once per seed
     kfold: bool = not_result(True)  # chapter 05 also trains FADE-Net on the 5 kfold rotations
     # chapter 03's time-to-accuracy study: training compute in epoch-equivalents (one epoch of the
     # whole training split at 112 px; below 1, one epoch of that share of the split)
@@ -308,6 +309,8 @@ class Config:
             if not (math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)):
                 bounds = f"at least {low}" if high is None else f"between {low} and {high}"
                 raise ConfigError(f"{key}={value} must be {bounds}")
+        if not self.eval.factorial_seeds or len(set(self.eval.factorial_seeds)) != len(self.eval.factorial_seeds):
+            raise ConfigError(f"eval.factorial_seeds={list(self.eval.factorial_seeds)} must be distinct seeds, at least one")
         if self.train.device not in ("auto", "cpu", "cuda") and not self.train.device.startswith("cuda:"):
             raise ConfigError(f"train.device={self.train.device!r} is not one of auto, cpu, cuda, cuda:N")
 

@@ -1,6 +1,8 @@
 """The DLDL-v2 loss against values worked out by hand."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -250,3 +252,10 @@ def test_gradients_flow_to_every_logit():
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="do not fit"):
         DLDLLoss(LossConfig(), K, None)(torch.zeros(2, K), torch.zeros(2, K - 1), torch.zeros(2))
+
+
+def test_age_spread_is_the_distributions_standard_deviation():
+    from fadenet.model import age_spread
+    probs = np.array([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]])
+    # by hand: ages {1, 2} equally likely -> sd 0.5; a point mass -> 0; uniform over 0..3 -> sqrt(1.25)
+    assert np.allclose(age_spread(probs), [0.5, 0.0, np.sqrt(1.25)])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.sources import age_group
+from ..model import age_spread, expected_age
 
 CS_LEVELS = tuple(range(11))  # CS@k for k = 0..10 years
 
@@ -13,10 +14,8 @@ CS_LEVELS = tuple(range(11))  # CS@k for k = 0..10 years
 def predictions_table(probs: np.ndarray, ages: np.ndarray, paths=None) -> pd.DataFrame:
     """One row per face: true age, expected age, the distribution's standard deviation, the
     signed and absolute error, the age group and (when given) the image path."""
-    bins = np.arange(probs.shape[1], dtype=np.float64)
-    probs = probs.astype(np.float64)
-    mean = probs @ bins
-    std = np.sqrt(np.clip(probs @ bins**2 - mean**2, 0.0, None))
+    mean = expected_age(np.asarray(probs, dtype=np.float64))
+    std = age_spread(probs)
     ages = np.asarray(ages, dtype=np.float64)
     table = pd.DataFrame({"true_age": ages.astype(int), "predicted_age": mean, "std": std,
                           "error": mean - ages, "abs_error": np.abs(mean - ages),

@@ -1,6 +1,6 @@
 """The FADE-Net network, its baselines, ImageNet weights, inference and size/cost summaries."""
 from .network import AgeNet, CoordinateAttention, MultiScaleFusion, SpatialPyramidPooling, build_model
-from .predict import (denormalize, eval_mode, expected_age, normalize, predict, predict_probs, rescale, to_tensor,
+from .predict import (age_spread, denormalize, eval_mode, expected_age, normalize, predict, predict_probs, rescale, to_tensor,
                       tta_views)
 from .summary import count_macs, count_parameters, format_summary, parameter_table
 from .weights import (RandomInitWarning, WeightsUnavailable, load_imagenet_state, resolve_backbone,
@@ -8,7 +8,7 @@ from .weights import (RandomInitWarning, WeightsUnavailable, load_imagenet_state
 
 __all__ = [
     "AgeNet", "CoordinateAttention", "MultiScaleFusion", "SpatialPyramidPooling", "build_model",
-    "denormalize", "eval_mode", "expected_age", "normalize", "predict", "predict_probs", "rescale", "to_tensor",
+    "age_spread", "denormalize", "eval_mode", "expected_age", "normalize", "predict", "predict_probs", "rescale", "to_tensor",
     "tta_views", "count_macs", "count_parameters", "format_summary", "parameter_table", "RandomInitWarning",
     "WeightsUnavailable", "load_imagenet_state", "resolve_backbone", "weight_file", "weights_obtainable",
 ]

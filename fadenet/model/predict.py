@@ -54,6 +54,15 @@ def expected_age(probs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return probs @ np.arange(probs.shape[-1], dtype=probs.dtype)
 
 
+def age_spread(probs: np.ndarray) -> np.ndarray:
+    """The standard deviation of each age distribution (rows of ``probs`` over ages 0..K-1), in
+    float64: the variance is a difference of two large moments."""
+    probs = np.asarray(probs, dtype=np.float64)
+    bins = np.arange(probs.shape[-1], dtype=np.float64)
+    mean = probs @ bins
+    return np.sqrt(np.clip(probs @ bins**2 - mean**2, 0.0, None))
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for the block, then the module's previous mode again. A model already in eval

@@ -35,7 +35,7 @@ from ..data.cache import resolve_crop, stratified_pick
 from ..data.sources import pick_source
 from ..data.loader import Batches, mixup
 from ..io import atomic_path, atomic_write_text
-from ..model import build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
+from ..model import age_spread, build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
 from ..runtime import compile_model, fast_bf16, machine_text
 from . import parallel
 from .budget import ComputeMeter, stage_size
@@ -452,7 +452,9 @@ class Trainer:
             probs = self._probs(rows)
             test_loss, test_mae = self._scores(rows, probs)
             if self.group.main:  # per face, for intervals over test faces (the ablation's bootstrap)
-                table = pd.DataFrame({"row": rows, "age": self.faces.ages[rows], "predicted": expected_age(probs)})
+                table = pd.DataFrame({"row": rows, "face": self.faces.table["path"].to_numpy()[rows],
+                                      "age": self.faces.ages[rows], "predicted": expected_age(probs),
+                                      "std": age_spread(probs)})
                 atomic_write_text(self.folder / "test_predictions.csv", table.to_csv(index=False, float_format="%.4f"))
         if self.group.main:
             self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
