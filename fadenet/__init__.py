@@ -2,6 +2,12 @@
 from .config import Config, ConfigError, load_config
 
 
+def chapter(profile=None, overrides=(), data: bool = True, show: bool = True):
+    """A chapter's configuration, faces, split and caption in one call (see :mod:`fadenet.chapters`)."""
+    from .chapters import chapter as setup
+    return setup(profile, overrides, data=data, show=show)
+
+
 def pretrained(device: str = "cpu"):
     """The FADE-Net that ships in the package, in eval mode, its file's hash checked (see
     ``fadenet/pretrained/MODEL_CARD.md``). Imported on first use: ``import fadenet`` stays light."""
@@ -16,5 +22,5 @@ def photo_model(cfg):
     return choose(cfg)
 
 
-__all__ = ["Config", "ConfigError", "load_config", "photo_model", "pretrained"]
+__all__ = ["Config", "ConfigError", "chapter", "load_config", "photo_model", "pretrained"]
 __version__ = "0.1.0"

@@ -100,8 +100,8 @@ def cmd_bench(args) -> None:
     split = load_split(faces, cfg)
     if args.what == "data":
         from .data.bench import loader_rate
-        from .training.trainer import training_device
-        device = training_device(cfg)
+        from .runtime import pick_device
+        device = pick_device(cfg.train.device)
         rate = loader_rate(faces, split.train, batch_size=batch, device=device)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
         print(f"training input pipeline: {rate:,.0f} augmented images/s on {device.type} "
@@ -110,10 +110,10 @@ def cmd_bench(args) -> None:
         from .figures import markdown_table, save_table
         from .runtime import machine_text
         from .training.bench import device_modes, modes_frame, training_modes
-        from .training.trainer import resolved
+        from .resolve import resolve
         modes = device_modes(cfg, args.modes)
         table = modes_frame(training_modes(cfg, faces, split, modes, steps=args.steps, rounds=args.rounds))
-        caption = (f"{machine_text()}; {cfg.model.arch} on {resolved(cfg).model.backbone}, {faces.source}, "
+        caption = (f"{machine_text()}; {cfg.model.arch} on {resolve(cfg).backbone}, {faces.source}, "
                    f"{cfg.data.size}px, global batch {cfg.train.batch_size}, profile {cfg.profile}; "
                    f"{args.rounds} rounds of {args.steps} steps")
         path = save_table(table, "bench_train", cfg, caption)
@@ -229,11 +229,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_summary(args) -> None:
-    from .model import build_model, format_summary, resolve_backbone
-    cfg = _config(args)
-    cfg.model.backbone = resolve_backbone(cfg.model)  # as training chooses it
-    cfg.model.pretrained = "none"  # the summary is about shapes and sizes, not weights
-    print(format_summary(build_model(cfg.model), size=args.size))
+    from .model import format_summary
+    from .resolve import resolve
+    # the backbone as training chooses it; random weights: the summary is about shapes and sizes
+    print(format_summary(resolve(_config(args)).network(weights=False), size=args.size))
 
 
 def build_parser() -> argparse.ArgumentParser:

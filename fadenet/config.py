@@ -31,7 +31,6 @@ ROOT = Path(os.environ.get("FADENET_HOME") or Path(__file__).resolve().parents[1
 DETECTORS = ("auto", "mtcnn", "haar")  # face detectors of the photo path (fadenet.data.detect)
 SOURCES = ("auto", "afad", "afad_lite", "aaf", "utkface", "synthetic", "csv", "folder")
 SPLITS = ("80-10-10", "90-5-5", "72-8-20", "official", "kfold")
-BACKBONES = ("auto", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "resnet18")
 ARCHS = ("fadenet", "baseline")
 PRETRAINED = ("auto", "imagenet", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -83,7 +82,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "fadenet"         # fadenet, or baseline = backbone + global average pooling + head
-    backbone: str = "mobilenet_v3_large"
+    backbone: str = "mobilenet_v3_large"  # auto or a name of fadenet.model.backbones (checked when resolved)
     pretrained: str = "auto"      # imagenet (must load) | none | auto (load if possible)
     ca: bool = True               # coordinate attention in the last 4 attention blocks
     msff: bool = True             # multi-scale (texture + semantic) feature fusion
@@ -259,7 +258,7 @@ class Config:
         self.train.compile = str(self.train.compile).lower()  # YAML reads `compile: true` as a bool
         checks = [
             ("data.source", self.data.source, SOURCES), ("data.split", self.data.split, SPLITS),
-            ("data.crop", self.data.crop, CROPS), ("model.backbone", self.model.backbone, BACKBONES),
+            ("data.crop", self.data.crop, CROPS),
             ("model.arch", self.model.arch, ARCHS), ("model.pretrained", self.model.pretrained, PRETRAINED),
             ("eval.tta", self.eval.tta, TTA_MODES), ("profile", self.profile, tuple(profiles())),
             ("train.precision", self.train.precision, PRECISIONS), ("train.compile", self.train.compile, COMPILE),

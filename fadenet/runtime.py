@@ -107,3 +107,21 @@ def compile_model(module, **kwargs):
     if not torch.cuda.is_available():
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(module, **kwargs)
+
+
+def pick_device(name: str):
+    """``train.device``: ``auto`` is the GPU where there is one, else the CPU."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def auto_precision(device) -> str:
+    """bf16 on GPUs that support it and on CPUs with AMX, fp16 on older GPUs, fp32 on other CPUs:
+    emulated bf16 (AVX2) is many times slower, and native AVX-512-BF16 was no faster than FP32
+    (see FAST_BF16_FLAGS). Precision is part of a run's identity: it changes the numbers."""
+    import torch
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if fast_bf16() else "fp32"

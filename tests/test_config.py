@@ -117,7 +117,6 @@ def test_later_overrides_win():
     ("data.source=foo", "data.source"),
     ("data.split=50-25-25", "data.split"),
     ("crop=tight", "data.crop"),
-    ("backbone=vgg16", "model.backbone"),
     ("tta=sometimes", "eval.tta"),
     ("train.batch_size=0", "train.batch_size"),
     ("lr=0", "train.lr"),

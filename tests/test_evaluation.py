@@ -242,8 +242,8 @@ def test_the_grid_trains_each_run_once_and_reuses_finished_runs(smoke_run, monke
 
 
 def test_variant_networks_are_built_on_the_backbone_training_resolves(monkeypatch):
-    import fadenet.evaluation.ablation as ablation_module
-    monkeypatch.setattr(ablation_module, "resolve_backbone", lambda cfg: "mobilenet_v2")
+    import fadenet.resolve as resolve_module
+    monkeypatch.setattr(resolve_module, "resolve_backbone", lambda cfg: "mobilenet_v2")
     net = ablation.variant_network(load_config("smoke", "model.backbone=auto"), "+spp")
     assert net.meta["backbone"] == "mobilenet_v2" and net.spp is not None and net.fusion is None
 

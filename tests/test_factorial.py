@@ -8,6 +8,7 @@ import pytest
 
 from fadenet.config import load_config
 from fadenet.evaluation import factorial
+from fadenet.resolve import resolve
 
 
 def _runs(truth: dict, seeds=(42, 1337), noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
@@ -109,7 +110,7 @@ def test_one_at_a_time_rows_are_read_off_the_cells():
 def test_store_is_read_back_without_training(tmp_path, monkeypatch):
     cfg = load_config("smoke", f"figures_dir={tmp_path}", f"runs_dir={tmp_path / 'runs'}")
     run_cfg = factorial.cell_config(cfg, factorial.cells()[0], 42)
-    run_id = factorial.run_folder(run_cfg).name
+    run_id = resolve(run_cfg).run_folder.name
     store = tmp_path / "predictions"
     store.mkdir()
     row = {"ca": False, "seed": 42, "test_mae": 4.2, "run": run_id}

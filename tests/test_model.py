@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,7 @@ def test_imagenet_without_the_file_fails_fast_naming_file_and_torch_home(empty_t
     skip_if_online()
     start = time.monotonic()
     with pytest.raises(WeightsUnavailable) as error:
-        build_model(ModelConfig(pretrained="imagenet"))
+        build_model(ModelConfig(pretrained="imagenet"), weights=True)
     assert time.monotonic() - start < 30
     message = str(error.value)
     assert "mobilenet_v3_large-5c1a4163.pth" in message and "TORCH_HOME" in message
@@ -235,7 +236,7 @@ def test_imagenet_without_the_file_fails_fast_naming_file_and_torch_home(empty_t
 def test_auto_falls_back_to_random_weights_loudly(empty_torch_home):
     skip_if_online()
     with pytest.warns(RandomInitWarning, match="random"):
-        model = build_model(ModelConfig(pretrained="auto"))
+        model = build_model(ModelConfig(pretrained="auto"), weights=True)
     assert model.meta["pretrained"] == "random"
     assert "random weights" in model.meta["init_warning"].lower()
     assert model.pretrained_parameters() == []
@@ -247,11 +248,11 @@ def test_a_damaged_weight_file_is_rejected_with_its_hash(empty_torch_home):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailable, match="sha256"):
-        build_model(ModelConfig(backbone="mobilenet_v2", pretrained="imagenet"))
+        build_model(ModelConfig(backbone="mobilenet_v2", pretrained="imagenet"), weights=True)
 
 
 def test_mobilenet_v2_loads_imagenet_weights_into_shifted_blocks(mbv2_torch_home):
-    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained="imagenet"))
+    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained="imagenet"), weights=True)
     state = torch.load(weight_file("mobilenet_v2"), weights_only=True)
     block = model.backbone[14].conv   # expand, depthwise, CA (new), project conv, project BN
     assert torch.equal(block[1][0].weight, state["features.14.conv.1.0.weight"])
@@ -264,6 +265,14 @@ def test_mobilenet_v2_loads_imagenet_weights_into_shifted_blocks(mbv2_torch_home
     ca_ids = {id(p) for m in model.backbone.modules() if isinstance(m, CoordinateAttention)
               for p in m.parameters()}
     assert ca_ids and not ca_ids & {id(p) for p in pretrained}
+
+
+def test_without_the_weights_flag_nothing_is_loaded_whatever_the_config_asks(empty_torch_home):
+    # sizes, costs and checkpoints need no ImageNet file: none is looked for, none is warned about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(ModelConfig(pretrained="imagenet"))
+    assert model.meta["pretrained"] == "random" and model.meta["init_warning"] == ""
 
 
 def test_auto_backbone_picks_mobilenet_v2_when_only_its_weights_exist(mbv2_torch_home):

@@ -156,10 +156,10 @@ def test_backbone_choice_says_what_is_chosen():
 def test_summary_command_resolves_the_backbone_as_training_does(capsys, monkeypatch):
     from fadenet import cli
     from fadenet.model import count_parameters
-    import fadenet.model as model_module
+    import fadenet.resolve as resolve_module
     for present in ("mobilenet_v2", "mobilenet_v3_large"):
         # which ImageNet file this machine holds decides auto's backbone, for training and summary alike
-        monkeypatch.setattr(model_module, "resolve_backbone", lambda cfg, present=present: present)
+        monkeypatch.setattr(resolve_module, "resolve_backbone", lambda cfg, present=present: present)
         assert cli.main(["summary", "--profile", "quick", "--size", "64"]) == 0
         total = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("total"))
         expected = count_parameters(build_model(ModelConfig(backbone=present, pretrained="none")))

@@ -19,14 +19,18 @@ import pytest
 import torch
 from torch import nn
 
+import fadenet.resolve as resolve_module
+import fadenet.runtime as runtime
 import fadenet.training.trainer as trainer_module
 from fadenet.config import ConfigError
 from fadenet.data import load_split, prepare
 from fadenet.evaluation.evaluate import evaluate
 from fadenet.explore import AgePredictor
+from fadenet.model import AgeNet
 from fadenet.training import load_checkpoint_file, load_model, train
 from fadenet.training import parallel
-from fadenet.training.trainer import Trainer, resolved, run_folder
+from fadenet.resolve import resolve
+from fadenet.training.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -48,20 +52,22 @@ class TinyNet(nn.Module):
     def pretrained_parameters(self):
         return []
 
+    optimizer_groups = AgeNet.optimizer_groups  # the groups as the trainer asks any network for them
+
 
 def _tiny(monkeypatch_or_none=None):
     if monkeypatch_or_none is None:
-        trainer_module.build_model = lambda cfg: TinyNet(cfg.num_classes)
+        resolve_module.build_model = lambda cfg, weights=False: TinyNet(cfg.num_classes)
     else:
-        monkeypatch_or_none.setattr(trainer_module, "build_model", lambda cfg: TinyNet(cfg.num_classes))
+        monkeypatch_or_none.setattr(resolve_module, "build_model", lambda cfg, weights=False: TinyNet(cfg.num_classes))
 
 
 def _deterministic_cfg(cfg_factory, tmp_path: Path, name: str, *extra: str):
     """Every random draw that depends on the process off: no augmentation, mixup, label jitter
     or LDS (whose weighted mean each process would take over its own share)."""
-    cfg = resolved(cfg_factory(f"runs_dir={tmp_path / name}", "train.augment=false", "train.mixup_prob=0",
+    cfg = resolve(cfg_factory(f"runs_dir={tmp_path / name}", "train.augment=false", "train.mixup_prob=0",
                                "loss.sigma_jitter=0", "loss.lds=false", "train.epochs=2", "data.size=32",
-                               "train.ema_decay=0.9", *extra))
+                               "train.ema_decay=0.9", *extra)).config
     prepare(cfg, progress=False)  # once, before the processes that read it start
     return cfg
 
@@ -80,13 +86,13 @@ def _fit_in_group(cfg, die_at: tuple[int, int] | None = None) -> None:
         Trainer._step = step_then_die
     torch.set_num_threads(1)
     faces = prepare(cfg, progress=False)
-    Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), False, parallel.current_group()).fit()
+    Trainer(resolve(cfg), faces, load_split(faces, cfg), False, parallel.current_group()).fit()
 
 
 def _fit_alone(cfg, monkeypatch):
     _tiny(monkeypatch)
     faces = prepare(cfg, progress=False)
-    return Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), False).fit()
+    return Trainer(resolve(cfg), faces, load_split(faces, cfg), False).fit()
 
 
 def _weights(path: Path) -> dict:
@@ -107,9 +113,9 @@ def test_two_processes_learn_exactly_what_one_learns_from_the_same_batches(cfg_f
     two = _deterministic_cfg(cfg_factory, tmp_path, "two")
     alone = _fit_alone(one, monkeypatch)
     parallel.spawn(_fit_in_group, 2, two)
-    pair = trainer_module.load_run(run_folder(two))
+    pair = trainer_module.load_run(resolve(two).run_folder)
     assert pair.meta["processes"] == 2 and alone.meta["processes"] == 1
-    _assert_same_weights(run_folder(one) / "last.pt", run_folder(two) / "last.pt")
+    _assert_same_weights(resolve(one).run_folder / "last.pt", resolve(two).run_folder / "last.pt")
     _assert_same_weights(alone.best, pair.best)
     cols = ["train_loss", "train_mae", "val_loss", "val_mae"]
     pd.testing.assert_frame_equal(pair.history[cols], alone.history[cols], rtol=1e-4)
@@ -136,10 +142,10 @@ def test_a_killed_two_process_run_resumes_and_ends_like_an_uninterrupted_one(cfg
     parallel.spawn(_fit_in_group, 2, whole)
     with pytest.raises(RuntimeError, match="a training process failed"):
         parallel.spawn(_fit_in_group, 2, cut, (1, 2))
-    assert load_checkpoint_file(run_folder(cut) / "last.pt")["epoch"] == 1
+    assert load_checkpoint_file(resolve(cut).run_folder / "last.pt")["epoch"] == 1
     parallel.spawn(_fit_in_group, 2, cut)
-    _assert_same_weights(run_folder(whole) / "last.pt", run_folder(cut) / "last.pt")
-    a, b = trainer_module.load_run(run_folder(whole)), trainer_module.load_run(run_folder(cut))
+    _assert_same_weights(resolve(whole).run_folder / "last.pt", resolve(cut).run_folder / "last.pt")
+    a, b = trainer_module.load_run(resolve(whole).run_folder), trainer_module.load_run(resolve(cut).run_folder)
     pd.testing.assert_frame_equal(a.history[["train_loss", "val_mae"]], b.history[["train_loss", "val_mae"]],
                                   rtol=1e-4)
 
@@ -159,7 +165,7 @@ def test_a_checkpoint_of_one_process_resumes_in_two(cfg_factory, tmp_path, monke
         _fit_alone(cut, monkeypatch)
     monkeypatch.setattr(Trainer, "_step", real_step)
     parallel.spawn(_fit_in_group, 2, cut)  # epochs 2 and 3 in two processes
-    _assert_same_weights(run_folder(whole) / "last.pt", run_folder(cut) / "last.pt")
+    _assert_same_weights(resolve(whole).run_folder / "last.pt", resolve(cut).run_folder / "last.pt")
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(cfg_factory, tmp_path, monkeypatch):
@@ -169,7 +175,7 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(cfg_factory, tmp_path, mon
     with pytest.raises(RuntimeError):
         parallel.spawn(_fit_in_group, 2, cut, (1, 2))
     _fit_alone(cut, monkeypatch)  # epochs 2 and 3 in one process
-    _assert_same_weights(run_folder(whole) / "last.pt", run_folder(cut) / "last.pt")
+    _assert_same_weights(resolve(whole).run_folder / "last.pt", resolve(cut).run_folder / "last.pt")
 
 
 def test_train_spawns_its_processes_and_the_checkpoint_serves_one_process(cfg_factory, tmp_path):
@@ -205,7 +211,7 @@ def _one_step(cfg, monkeypatch) -> tuple[float, dict]:
     """(loss, parameter change) of the first training step of ``cfg`` on the tiny network."""
     _tiny(monkeypatch)
     faces = prepare(cfg, progress=False)
-    trainer = Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), False)
+    trainer = Trainer(resolve(cfg), faces, load_split(faces, cfg), False)
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     x, ages, _ = next(iter(trainer.batches))
     for group in trainer.optimizer.param_groups:
@@ -270,12 +276,12 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(cfg_fa
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_matrix_units(cfg_factory, monkeypatch):
-    monkeypatch.setattr(trainer_module, "fast_bf16", lambda: False)
-    assert resolved(cfg_factory("train.precision=auto", "train.device=cpu")).train.precision == "fp32"
-    monkeypatch.setattr(trainer_module, "fast_bf16", lambda: True)
-    assert resolved(cfg_factory("train.precision=auto", "train.device=cpu")).train.precision == "bf16"
+    monkeypatch.setattr(runtime, "fast_bf16", lambda: False)
+    assert resolve(cfg_factory("train.precision=auto", "train.device=cpu")).precision == "fp32"
+    monkeypatch.setattr(runtime, "fast_bf16", lambda: True)
+    assert resolve(cfg_factory("train.precision=auto", "train.device=cpu")).precision == "bf16"
     # precision is part of a run's identity; compile and processes are not
-    ids = {resolved(cfg_factory(f"train.precision={p}")).run_id() for p in ("fp32", "bf16")}
+    ids = {resolve(cfg_factory(f"train.precision={p}")).config.run_id() for p in ("fp32", "bf16")}
     assert len(ids) == 2
     same = {cfg_factory(*o).run_id() for o in (("train.compile=true",), ("train.processes=2",), ())}
     assert len(same) == 1
@@ -291,7 +297,7 @@ def test_sync_batchnorm_on_cpu_processes_is_one_clear_error(cfg_factory, tmp_pat
     cfg = cfg_factory(f"runs_dir={tmp_path}", "train.sync_bn=true", "train.device=cpu")
     faces = prepare(cfg, progress=False)
     with pytest.raises(ConfigError, match="train.sync_bn=true needs CUDA devices"):
-        Trainer(cfg, faces, load_split(faces, cfg), tmp_path / "run", progress=False, group=parallel.Group(0, 2))
+        Trainer(resolve(cfg), faces, load_split(faces, cfg), progress=False, group=parallel.Group(0, 2), folder=tmp_path / "run")
 
 
 def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_path):
@@ -305,7 +311,7 @@ def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_pat
                             env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("best val MAE") == 1
-    run = trainer_module.load_run(run_folder(resolved(cfg)))
+    run = trainer_module.load_run(resolve(cfg).run_folder)
     assert run.meta["status"] == "finished" and run.meta["processes"] == 2
     predictor = AgePredictor.from_checkpoint(run.best)  # a checkpoint of two processes serves one
     faces = prepare(cfg, progress=False)

@@ -17,3 +17,33 @@ def test_readme_gives_the_two_fresh_machine_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make reproduce" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+# Lowest first; a module may import its own layer and those below it, never one above.
+LAYERS = [{"io", "runtime"}, {"config"}, {"data", "figures"}, {"model"}, {"resolve"}, {"training"},
+          {"evaluation", "explain", "deploy"}, {"explore", "shipped"},
+          {"chapters", "runner", "cli", "__init__", "__main__"}]
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The top-level fadenet units (subpackage or module) that ``path`` imports relatively."""
+    import ast
+    parts = path.relative_to(ROOT / "fadenet").parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(parts[:-1])[:len(parts) - node.level] if node.level > 1 else list(parts[:-1])
+            target = base + (node.module.split(".") if node.module else [])
+            found |= {target[0]} if target else {alias.name for alias in node.names}
+    return found
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    layer = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    upward = []
+    for path in (ROOT / "fadenet").rglob("*.py"):
+        unit = path.relative_to(ROOT / "fadenet").with_suffix("").parts[0]
+        assert unit in layer, f"{unit} has no layer in LAYERS"
+        upward += [f"{path.relative_to(ROOT)} imports {target}" for target in _package_imports(path)
+                   if target in layer and layer[target] > layer[unit]]
+    assert not upward, upward

@@ -14,7 +14,8 @@ import torch
 import fadenet.training.trainer as trainer_module
 from fadenet.data import load_split, prepare
 from fadenet.training.loss import DLDLLoss, label_sigma, lds_weights, target_distribution
-from fadenet.training.trainer import Trainer, run_folder
+from fadenet.resolve import resolve
+from fadenet.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 81
@@ -40,7 +41,7 @@ def _step_with_spies(cfg, monkeypatch) -> dict:
     monkeypatch.setattr(DLDLLoss, "forward", forward_spy)
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
-    trainer = Trainer(cfg, faces, split, run_folder(cfg), False)
+    trainer = Trainer(resolve(cfg), faces, split, False)
     x, ages, _ = next(iter(trainer.batches))
     seen["loss"], _ = trainer._step(trainer._input(x), ages, torch.Generator().manual_seed(5),
                                     np.random.default_rng(5), 0, 0)

@@ -23,7 +23,8 @@ from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint
                               load_weights, train)
 from fadenet.runtime import usable_cores
 from fadenet.training.bench import modes_frame, training_modes
-from fadenet.training.trainer import Trainer, ema_update, lr_at, run_folder
+from fadenet.resolve import resolve
+from fadenet.training.trainer import Trainer, ema_update, lr_at
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -48,7 +49,7 @@ def test_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(cfg_factory,
     monkeypatch.setattr(Trainer, "_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    folder = run_folder(cfg)
+    folder = resolve(cfg).run_folder
     assert json.loads((folder / "meta.json").read_text())["status"] == "running"
     assert load_checkpoint_file(folder / "last.pt")["epoch"] == 1
     assert pd.read_csv(folder / "batches.csv")["epoch"].max() == 0  # only epoch 1's batches logged
@@ -70,7 +71,7 @@ def test_killed_process_resumes_from_its_last_checkpoint(cfg_factory, tmp_path):
             f"data.root={cfg.data.root}", f"data.cache_dir={cfg.data.cache_dir}", "train.threads=1", *overrides]
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    last = run_folder(cfg) / "last.pt"
+    last = resolve(cfg).run_folder / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -157,7 +158,7 @@ def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:
 
 def _trainer(cfg) -> Trainer:
     faces = prepare(cfg, progress=False)
-    return Trainer(cfg, faces, load_split(faces, cfg), run_folder(cfg), progress=False)
+    return Trainer(resolve(cfg), faces, load_split(faces, cfg), progress=False)
 
 
 def test_imagenet_layers_learn_at_their_share_of_the_rate(cfg_factory, mbv2_torch_home, tmp_path):
@@ -207,7 +208,7 @@ def test_benchmark_modes_follow_the_device(cfg_factory, monkeypatch):
     assert bench.device_modes(cfg) == list(bench.MODES)
     assert bench.device_modes(cfg, ["compile", "(auto)"]) == ["channels-last, torch.compile",
                                                                 "the trainer's default (auto)"]
-    monkeypatch.setattr(bench, "training_device", lambda _: torch.device("cuda"))
+    monkeypatch.setattr(bench, "pick_device", lambda _: torch.device("cuda"))
     assert bench.device_modes(cfg) == [m for m in bench.MODES if m != "channels-last, one process per core"]
 
 
@@ -304,7 +305,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cfg_factory
     monkeypatch.setattr(Trainer, "_step", poisoned_batch_in_epoch_two)
     with pytest.raises(TrainingDiverged) as err:
         train(cfg, progress=False)
-    folder = run_folder(cfg)
+    folder = resolve(cfg).run_folder
     message = str(err.value)
     assert "nan" in message and "epoch 2, batch 2" in message and str(folder / "last.pt") in message
     last = load_checkpoint_file(folder / "last.pt")
@@ -337,7 +338,7 @@ def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_tor
                       root=aaf_root)
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
-    trainer = Trainer(cfg, faces, split, run_folder(cfg), progress=False)
+    trainer = Trainer(resolve(cfg), faces, split, progress=False)
     before = trainer.validate(split.test)[1]
     run = trainer.fit()
     after = run.meta["test_mae"]

@@ -73,14 +73,19 @@ def resolve_crop(crop: str, source: str) -> str:
     return "aligned" if source in ("aaf", *sources.USER_SOURCES) else "none"
 
 
+def source_and_crop(cfg: Config) -> tuple[str, str]:
+    """The data source and face crop ``cfg.data`` comes to, its ``auto`` values decided."""
+    source = sources.pick_source(cfg.data.source, cfg.data_root)
+    return source, resolve_crop(cfg.data.crop, source)
+
+
 def prepare(cfg: Config, progress: bool = True) -> FaceSet:
     """The preprocessed dataset of ``cfg.data``, built on first use and reused after."""
     d = cfg.data
-    source = sources.pick_source(d.source, cfg.data_root)
+    source, crop = source_and_crop(cfg)
     location = getattr(d, source, "") if source in sources.USER_SOURCES else ""
     found = sources.scan(source, cfg.data_root, d.synthetic_count, d.seed, location)
     table = stratified_subset(found.table, d.subset, d.seed) if d.subset else found.table
-    crop = resolve_crop(d.crop, source)
     if crop == "aligned" and not detect.available("mtcnn"):
         raise ConfigError("data.crop=aligned (the default for AAF) needs facenet-pytorch: `make setup` installs "
                           "it, or pip install facenet-pytorch==2.5.3; data.crop=face cuts AAF's faces "

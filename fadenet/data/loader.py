@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import normalize
+from .tensors import normalize
 
 # Where eyes, nose and mouth sit in a face crop (x0, y0, x1, y1 as fractions of the side).
 FACE_ZONES = torch.tensor([

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..model import denormalize
+from .tensors import denormalize
 from . import sources
 from .cache import FaceSet
 from .sources import SOURCE_NAMES

@@ -12,13 +12,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .sources import NUM_AGES
+
 IMAGES_PER_SUBJECT = 4
 RENDER_SIZE = 128
 
 
 def synthetic_table(count: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    ages = rng.integers(0, 81, size=count)
+    ages = rng.integers(0, NUM_AGES, size=count)
     subjects = np.arange(count) // IMAGES_PER_SUBJECT
     genders = np.where(rng.random(count // IMAGES_PER_SUBJECT + 1)[subjects] < 0.5, "female", "male")
     return pd.DataFrame({

@@ -100,7 +100,7 @@ def _networks() -> tuple[dict[str, Callable[[], nn.Module]], dict[str, str]]:
 def _network_key(cfg: ModelConfig) -> str:
     """The layers of the network ``cfg`` builds, as text: configurations that differ only in
     the loss, or in switches that build the same layers, have the same key."""
-    return repr(build_model(dataclasses.replace(cfg, pretrained="none")))
+    return repr(build_model(cfg))
 
 
 def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Module]]:

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import FaceSet, Split
-from ..model import build_model, count_macs, count_parameters, resolve_backbone
+from ..model import count_macs, count_parameters
 from ..model.variants import ABLATION, LEAVE_ONE_OUT, names, variant, variant_config
+from ..resolve import resolve
 from ..training import Run, train
 from .metrics import bootstrap_mean, median_predictor_mae
 
@@ -70,10 +71,7 @@ def ablation_table(runs: pd.DataFrame, cfg: Config, size: int = 224) -> pd.DataF
 def variant_network(cfg: Config, name: str):
     """The variant's network on the backbone its runs train (``auto`` resolved as in training),
     with random weights: sizes and costs do not depend on weights."""
-    model_cfg = ablation_config(cfg, name, 0).model
-    model_cfg.backbone = resolve_backbone(model_cfg)
-    model_cfg.pretrained = "none"
-    return build_model(model_cfg)
+    return resolve(ablation_config(cfg, name, 0)).network(weights=False)
 
 
 def median_floor(faces: FaceSet, split: Split) -> float:

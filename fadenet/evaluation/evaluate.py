@@ -15,7 +15,7 @@ from ..data.sources import SOURCE_NAMES, USER_SOURCES
 from ..io import atomic_path
 from ..model import predict_probs
 from ..training import CheckpointError, data_config, load_model
-from ..training.trainer import auto_precision
+from ..runtime import auto_precision
 from .metrics import predictions_table, summary
 
 

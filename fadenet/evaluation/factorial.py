@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import FaceSet, Split
 from ..io import atomic_path, atomic_write_text
-from ..training import run_folder, train
+from ..resolve import resolve
+from ..training import train
 
 # the four ideas: the column a run's row names them by, the config key that switches each, and
 # the words a reader says
@@ -83,7 +84,7 @@ def stored_or_trained(cfg: Config, faces: FaceSet, split: Split, store: Path, la
     """The row of the run ``cfg`` describes (``labels``, then its seed, scores, compute and id):
     from ``store`` when a finished run left it there, else trained (or resumed) and then stored
     with its per-face test predictions."""
-    run_id = run_folder(cfg).name
+    run_id = resolve(cfg).run_folder.name
     row_path = store / f"{run_id}.json"
     if row_path.is_file() and (store / f"{run_id}.csv.gz").is_file():
         return json.loads(row_path.read_text())

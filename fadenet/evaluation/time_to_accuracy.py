@@ -16,16 +16,14 @@ from tqdm.auto import tqdm
 
 from ..config import Config, read_levers, read_recipe, recipe_title
 from ..data import FaceSet, Split
-from ..model import build_model, resolve_backbone
+from ..resolve import resolve
 from ..training import load_run, train
 from ..training.budget import ComputeMeter, stage_size
 
 
 def compute_meter(cfg: Config, train_faces: int) -> ComputeMeter:
     """The compute meter of ``cfg``'s network (random weights: the cost does not depend on them)."""
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone, model_cfg.pretrained = resolve_backbone(model_cfg), "none"
-    return ComputeMeter(build_model(model_cfg), train_faces)
+    return ComputeMeter(resolve(cfg).network(weights=False), train_faces)
 
 
 def planned_epoch_equivalents(cfg: Config, epochs: int, meter: ComputeMeter) -> float:

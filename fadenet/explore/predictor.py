@@ -26,7 +26,7 @@ from ..data.detect import Face
 from ..evaluation.calibration import central_interval, conformal_interval, saved_conformal, saved_temperature, temper
 from ..model import AgeNet, predict_probs
 from ..training import CheckpointError, load_model
-from ..training.trainer import auto_precision
+from ..runtime import auto_precision
 
 log = logging.getLogger("fadenet.predict")
 

@@ -130,7 +130,7 @@ def fairness_figure(table, title: str = "") -> plt.Figure:
     """MAE and bias per life stage, one line per gender, with 95% intervals, from
     :func:`fadenet.evaluation.metrics.fairness_table`."""
     from ..evaluation.metrics import LIFE_STAGES
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for offset, (gender, part) in zip((-0.08, 0.08), table[table["ages"] != "all"].groupby("gender")):
         x = np.array([LIFE_STAGES.index(a) for a in part["ages"]]) + offset
         for ax, name in zip(axes, ("MAE", "bias")):
@@ -138,7 +138,7 @@ def fairness_figure(table, title: str = "") -> plt.Figure:
                         fmt="o-", capsize=3, label=f"{gender}")
             ax.set_xticks(np.arange(len(LIFE_STAGES)), LIFE_STAGES)
     axes[0].set_ylabel("mean absolute error (years)")
-    axes[1].set_ylabel("mean signed error (years; above 0: called older)")
+    axes[1].set_ylabel("bias (years; above 0: called older)")
     axes[1].axhline(0, color="0.5", lw=1)
     for ax in axes:
         ax.set_xlabel("true age")

@@ -3,16 +3,15 @@ multi-scale feature fusion and spatial pyramid pooling, and an 81-way age head."
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 from ..config import ConfigError, ModelConfig
+from .backbones import BACKBONES, Backbone, backbone
 from .predict import eval_mode
 from .weights import load_pretrained
 
@@ -22,21 +21,6 @@ SPP_OUT = 512
 SPP_KERNELS = (5, 9, 13)
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    builder: Callable[[], nn.Module]
-    channels: int                                   # channels of the last feature map
-    texture_tap: tuple[int, int] | None = None      # (block index, channels) at stride 8
-    semantic_tap: tuple[int, int] | None = None     # (block index, channels) at stride 16
-    attention_blocks: tuple[int, ...] = ()          # blocks that get coordinate attention
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v3_large": BackboneSpec(tvm.mobilenet_v3_large, 960, (6, 40), (12, 112), (12, 13, 14, 15)),
-    "mobilenet_v2": BackboneSpec(tvm.mobilenet_v2, 1280, (6, 32), (13, 96), (14, 15, 16, 17)),
-    "mobilenet_v3_small": BackboneSpec(tvm.mobilenet_v3_small, 576),
-    "resnet18": BackboneSpec(tvm.resnet18, 512),
-}
 RESNET_BLOCKS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -147,6 +131,20 @@ class AgeNet(nn.Module):
         new = {id(p) for m in _coordinate_attention_modules(self.backbone) for p in m.parameters()}
         return [p for p in self.backbone.parameters() if id(p) not in new]
 
+    def optimizer_groups(self, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+        """Parameter groups for an optimiser, each with its ``lr_scale`` (the trainer multiplies
+        the scheduled rate by it). Weight decay on weight matrices and kernels only: decaying
+        BatchNorm scales and biases pulls them towards zero for no regularising benefit. The
+        ImageNet layers learn at ``backbone_lr_scale`` times the rate of the new layers."""
+        pretrained = {id(p) for p in self.pretrained_parameters()}
+        groups = []
+        for is_pretrained in (True, False):
+            params = [p for p in self.parameters() if (id(p) in pretrained) == is_pretrained]
+            scale = backbone_lr_scale if is_pretrained else 1.0
+            groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                       {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+        return [g for g in groups if g["params"]]
+
     def cam_layers(self) -> dict[str, nn.Module]:
         """Layers whose activations Grad-CAM can explain."""
         attention = [m for m in self.backbone.modules()
@@ -181,42 +179,40 @@ class AgeNet(nn.Module):
         return shapes
 
 
-def build_model(cfg: ModelConfig) -> AgeNet:
-    """The network that ``cfg`` describes, with its backbone's ImageNet weights when
-    ``cfg.pretrained`` asks for them (see :mod:`fadenet.model.weights`)."""
+def build_model(cfg: ModelConfig, weights: bool = False) -> AgeNet:
+    """The network that ``cfg`` describes (its backbone resolved: see :func:`fadenet.resolve.resolve`).
+    With ``weights``, the backbone starts from its ImageNet weights as ``cfg.pretrained`` asks
+    (``imagenet``: or an error; ``auto``: or random weights with a warning; see
+    :mod:`fadenet.model.weights`); without, from random weights, as sizes, costs and networks
+    whose weights come from a checkpoint need."""
     spec = _backbone_spec(cfg)
     model = spec.builder()
-    source, warning = load_pretrained(model, cfg.backbone, cfg.pretrained)
-    backbone = _feature_blocks(model)
+    source, warning = load_pretrained(model, spec.name, cfg.pretrained if weights else "none")
+    backbone_blocks = _feature_blocks(model)
     meta = {"arch": cfg.arch, "backbone": cfg.backbone, "pretrained": source, "init_warning": warning}
     fadenet = cfg.arch == "fadenet"
     if fadenet and cfg.ca:
         for index in spec.attention_blocks:
-            _add_coordinate_attention(backbone[index])
+            _add_coordinate_attention(backbone_blocks[index])
     spp = SpatialPyramidPooling(spec.channels, cfg.fast_spp) if fadenet and cfg.spp else None
     fusion = MultiScaleFusion(spec.texture_tap[1], spec.semantic_tap[1]) if fadenet and cfg.msff else None
     features = (SPP_OUT if spp else spec.channels) + (FUSION_OUT if fusion else 0)
     head = nn.Sequential(nn.Linear(features, cfg.hidden), nn.Hardswish(), nn.Dropout(cfg.dropout),
                          nn.Linear(cfg.hidden, cfg.num_classes))
     taps = (spec.texture_tap[0], spec.semantic_tap[0]) if fusion else (-1, -1)
-    net = AgeNet(backbone, head, meta, spp=spp, fusion=fusion, taps=taps)
-    for module in (spp, fusion, head, *_coordinate_attention_modules(backbone)):
+    net = AgeNet(backbone_blocks, head, meta, spp=spp, fusion=fusion, taps=taps)
+    for module in (spp, fusion, head, *_coordinate_attention_modules(backbone_blocks)):
         if module is not None:
             _init_new_layers(module)
     return net
 
 
-def _backbone_spec(cfg: ModelConfig) -> BackboneSpec:
-    if cfg.backbone == "auto":
-        raise ConfigError("model.backbone='auto' must be resolved first: "
-                          "cfg.model.backbone = fadenet.model.resolve_backbone(cfg.model)")
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone={cfg.backbone!r} is not one of {', '.join(BACKBONES)}")
+def _backbone_spec(cfg: ModelConfig) -> Backbone:
+    spec = backbone(cfg.backbone)
     if cfg.arch not in ("fadenet", "baseline"):
         raise ConfigError(f"model.arch={cfg.arch!r} is not one of fadenet, baseline")
-    spec = BACKBONES[cfg.backbone]
-    if cfg.arch == "fadenet" and spec.texture_tap is None:
-        supported = [name for name, s in BACKBONES.items() if s.texture_tap]
+    if cfg.arch == "fadenet" and not spec.fusable:
+        supported = [b.name for b in BACKBONES.values() if b.fusable]
         raise ConfigError(f"model.arch='fadenet' needs backbone {' or '.join(supported)}; "
                           f"{cfg.backbone} is available as arch='baseline' only")
     return spec

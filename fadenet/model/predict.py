@@ -1,8 +1,7 @@
 """Inference: from uint8 faces to predicted age distributions and ages.
 
-The network's input convention lives here (RGB in [0, 1], normalised with ImageNet's mean and
-standard deviation, as its backbone learnt), so that training, evaluation, deployment and the
-explorer all feed it the same way.
+The network's input convention (RGB in [0, 1], ImageNet's mean and standard deviation) is
+decided in :mod:`fadenet.data.tensors`.
 
 Test-time augmentation (TTA) modes: ``none`` (the image), ``flip`` (the image and its mirror)
 and ``multi`` (each of the scales 0.9, 1.0, 1.1, a scaled view being resized and then
@@ -20,25 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from ..data.tensors import denormalize, normalize, to_tensor  # noqa: F401 - part of this module's API
+
 TTA_SCALES = (0.9, 1.0, 1.1)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
-    array = np.ascontiguousarray(images)
-    if not array.flags.writeable:  # a slice of the read-only cache: torch wants memory it may own
-        array = array.copy()
-    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
-
-
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    return x * IMAGENET_STD.to(x.device) + IMAGENET_MEAN.to(x.device)
 
 
 def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

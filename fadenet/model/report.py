@@ -14,6 +14,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from ..config import ModelConfig, load_config
 from ..io import shown_path
+from .backbones import AUTO_ORDER
 from .network import AgeNet, CoordinateAttention, build_model
 from .predict import eval_mode
 from .summary import count_macs, count_parameters, parameter_table
@@ -43,7 +44,7 @@ def variant_table(size: int = 224) -> pd.DataFrame:
 def baseline_representations() -> dict[str, int]:
     """Parameters of the ablation baseline written both ways the configuration allows."""
     as_switches = build_variant("baseline")
-    as_arch = build_model(load_config("paper", {"model.pretrained": "none", "model.arch": "baseline"}).model)
+    as_arch = build_model(load_config("paper", {"model.arch": "baseline"}).model)
     return {"arch=fadenet, ca=msff=spp=false": count_parameters(as_switches), "arch=baseline": count_parameters(as_arch)}
 
 
@@ -147,7 +148,7 @@ def backbone_choice(cfg_model: ModelConfig) -> str:
     lines += [f"  {name}: {'obtainable' if weights_obtainable(name) else 'NOT obtainable'} "
               f"({shown_path(weight_file(name), [('$TORCH_HOME/hub', torch.hub.get_dir())])} "
               f"{'is present' if weight_file(name).is_file() else 'is absent'})"
-              for name in ("mobilenet_v3_large", "mobilenet_v2")]
+              for name in AUTO_ORDER]
     if not weights_obtainable(chosen):
         lines.append(f"Neither file can be had, so {chosen} starts from RANDOM weights.")
     return "\n".join(lines)
@@ -253,8 +254,8 @@ def _arrow(ax, points: list[tuple[float, float]]) -> None:
 
 # ---- helpers -------------------------------------------------------------------------------
 def _shapes_only(cfg_model: ModelConfig) -> ModelConfig:
-    # resolve before dropping the weights: the automatic choice depends on which weights exist
-    return dataclasses.replace(cfg_model, backbone=resolve_backbone(cfg_model), pretrained="none")
+    # the automatic choice depends on which weights exist; the network is built without them
+    return dataclasses.replace(cfg_model, backbone=resolve_backbone(cfg_model))
 
 
 def _attention_kind(block: nn.Module) -> str:

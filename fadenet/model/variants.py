@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config, load_config
+from .backbones import backbone
 from .network import AgeNet, build_model
 
 SWITCHES = ("model.ca", "model.msff", "model.spp", "loss.dldl_v2")
 ABLATION, LEAVE_ONE_OUT, BACKBONES = "additive ablation", "leave one out", "other backbones"
 GROUPS = (ABLATION, LEAVE_ONE_OUT, BACKBONES)
+OTHER_BACKBONES = ("mobilenet_v3_small", "mobilenet_v2", "resnet18")  # compared as plain baselines
 VANILLA = "torchvision mobilenet_v3_large"  # the ImageNet classifier itself: a reference row, not an age model
 
 _ALL = {key: True for key in SWITCHES}
@@ -50,10 +52,9 @@ def _registry() -> dict[str, Variant]:
         key = next(k for k in SWITCHES if k.endswith(idea))
         out.append(Variant(f"-{idea}", LEAVE_ONE_OUT, {"model.arch": "fadenet", **_ALL, key: False},
                            f"FADE-Net without {text}", "fadenet"))
-    for backbone, title in (("mobilenet_v3_small", "MobileNetV3-Small"), ("mobilenet_v2", "MobileNetV2"),
-                            ("resnet18", "ResNet-18")):
-        out.append(Variant(backbone, BACKBONES, {**_ALL, "model.arch": "baseline", "model.backbone": backbone},
-                           f"{title} features + GAP + head"))
+    for other in OTHER_BACKBONES:
+        out.append(Variant(other, BACKBONES, {**_ALL, "model.arch": "baseline", "model.backbone": other},
+                           f"{backbone(other).title} features + GAP + head"))
     return {v.name: v for v in out}
 
 
@@ -72,15 +73,14 @@ def variant(name: str) -> Variant:
 
 
 def variant_config(name: str, cfg: Config | None = None) -> Config:
-    """``cfg`` (default: the paper profile without ImageNet weights, since sizes and costs do not
-    depend on them) with the variant's settings."""
-    base = copy.deepcopy(cfg) if cfg is not None else load_config("paper", {"model.pretrained": "none"})
+    """``cfg`` (default: the paper profile) with the variant's settings."""
+    base = copy.deepcopy(cfg) if cfg is not None else load_config("paper")
     return base.override(variant(name).settings)
 
 
 def build_variant(name: str, cfg: Config | None = None) -> AgeNet:
-    """The network of a named variant (on ``cfg``'s backbone and weights; default as in
-    :func:`variant_config`)."""
+    """The network of a named variant on ``cfg``'s backbone (default as in :func:`variant_config`),
+    from random weights: sizes and costs do not depend on them."""
     return build_model(variant_config(name, cfg).model)
 
 

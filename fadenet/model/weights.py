@@ -14,17 +14,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
+from .backbones import AUTO, AUTO_ORDER, backbone as entry
 
-WEIGHTS = {
-    "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V2,
-    "mobilenet_v3_small": tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
-    "mobilenet_v2": tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
-    "resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1,
-}
 PROBE_TIMEOUT = 5.0       # seconds the download server gets to answer a HEAD request
 DOWNLOAD_TIMEOUT = 15.0   # seconds a stalled download may wait for data
 
@@ -44,7 +38,7 @@ def weight_file(backbone: str) -> Path:
 
 def weights_downloadable(backbone: str) -> bool:
     """Whether the file's download server answers (asked once per process)."""
-    return _answers(WEIGHTS[backbone].url)
+    return _answers(entry(backbone).weights.url)
 
 
 def weights_obtainable(backbone: str) -> bool:
@@ -53,15 +47,16 @@ def weights_obtainable(backbone: str) -> bool:
 
 
 def resolve_backbone(cfg: ModelConfig) -> str:
-    """The backbone for ``backbone=auto``: MobileNetV3-Large when its ImageNet weights can be
-    had, else MobileNetV2 when its can, else MobileNetV3-Large from random weights."""
-    if cfg.backbone != "auto":
-        return cfg.backbone
+    """The backbone for ``backbone=auto``: the first of AUTO_ORDER (MobileNetV3-Large, then
+    MobileNetV2) whose ImageNet weights can be had, else the first from random weights. A named
+    backbone is checked against the registry."""
+    if cfg.backbone != AUTO:
+        return entry(cfg.backbone).name
     if cfg.pretrained != "none":
-        for candidate in ("mobilenet_v3_large", "mobilenet_v2"):
+        for candidate in AUTO_ORDER:
             if weights_obtainable(candidate):
                 return candidate
-    return "mobilenet_v3_large"
+    return AUTO_ORDER[0]
 
 
 def load_imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
@@ -73,7 +68,7 @@ def load_imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(_advice(backbone, f"{path} does not exist and the download "
                                                    "server cannot be reached (no network?)"))
     try:
-        return _fetch(WEIGHTS[backbone].url)
+        return _fetch(entry(backbone).weights.url)
     except Exception as error:  # download, hash and unpickling failures all end the same way
         raise WeightsUnavailable(_advice(backbone, f"{type(error).__name__}: {error}")) from error
 
@@ -145,11 +140,11 @@ def _check_hash(backbone: str, path: Path) -> None:
 
 
 def _file_name(backbone: str) -> str:
-    return os.path.basename(WEIGHTS[backbone].url)
+    return os.path.basename(entry(backbone).weights.url)
 
 
 def _advice(backbone: str, reason: str) -> str:
     torch_home = os.environ.get("TORCH_HOME") or "unset, so ~/.cache/torch"
-    return (f"ImageNet weights for {backbone} ({WEIGHTS[backbone]}) could not be loaded: {reason}. "
+    return (f"ImageNet weights for {backbone} ({entry(backbone).weights}) could not be loaded: {reason}. "
             f"Put torchvision's file {_file_name(backbone)} into {weight_file(backbone).parent} "
             f"($TORCH_HOME/hub/checkpoints/, TORCH_HOME={torch_home}).")

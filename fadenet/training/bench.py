@@ -25,7 +25,9 @@ from ..config import Config
 from ..data import FaceSet, Split
 from ..runtime import usable_cores
 from . import parallel
-from .trainer import Trainer, resolved, training_device
+from ..resolve import Resolved, resolve
+from ..runtime import pick_device
+from .trainer import Trainer
 
 # name -> settings; every mode names all of them, so none inherits the profile's choice
 _FP32 = {"train.precision": "fp32", "train.compile": "false", "train.processes": 1}
@@ -65,7 +67,7 @@ class ModeResult:
 def device_modes(cfg: Config, words: list[str] | None = None) -> list[str]:
     """The modes that mean something on the device ``cfg`` trains on (on a GPU, bf16 autocast is
     its automatic mixed precision), those whose names contain one of ``words`` if given."""
-    gpu = training_device(cfg).type == "cuda"
+    gpu = pick_device(cfg.train.device).type == "cuda"
     return [m for m in MODES if not (gpu and m in CPU_ONLY) and (not words or any(w in m for w in words))]
 
 
@@ -76,8 +78,7 @@ def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] |
     runners, results, probe = {}, {}, {}
     try:
         for name in modes or device_modes(cfg):
-            mode_cfg = resolved(copy.deepcopy(cfg).override(_settings(MODES[name], cfg)))
-            runner = _runner(mode_cfg, faces, split)
+            runner = _runner(resolve(copy.deepcopy(cfg).override(_settings(MODES[name], cfg))), faces, split)
             runners[name] = runner
             first = runner.run("loop", 2)[0]
             results[name] = ModeResult(name, runner.describe(), [], first, 0.0, steps)
@@ -115,19 +116,20 @@ def _settings(mode: dict, cfg: Config) -> dict:
     return {**mode, "train.processes": n}
 
 
-def _runner(cfg: Config, faces: FaceSet, split: Split):
-    n = parallel.process_count(cfg)
-    return _Steps(cfg, faces, split) if n == 1 else _Pool(cfg, faces, split, n)
+def _runner(setup: Resolved, faces: FaceSet, split: Split):
+    n = parallel.process_count(setup.config)
+    return _Steps(setup, faces, split) if n == 1 else _Pool(setup, faces, split, n)
 
 
 class _Steps:
     """A trainer that runs n loop or bare steps on command (in this process, or in a pool worker)."""
 
-    def __init__(self, cfg: Config, faces: FaceSet, split: Split, group: parallel.Group | None = None):
+    def __init__(self, setup: Resolved, faces: FaceSet, split: Split, group: parallel.Group | None = None):
+        cfg = setup.config
         self.group = group or parallel.Group()
         parallel.use_threads(cfg, self.group.world)
-        self.trainer = Trainer(cfg, faces, split, cfg.runs_path / "bench-train", progress=False,
-                               group=self.group)  # writes nothing
+        self.trainer = Trainer(setup, faces, split, progress=False, group=self.group,
+                               folder=cfg.runs_path / "bench-train")  # writes nothing
         self.trainer.model.train()
         self.batch_size = cfg.train.batch_size
         self._epoch, self._batches = 0, iter(())
@@ -187,13 +189,13 @@ class _Pool:
     """``_Steps`` in n data-parallel processes; ``run`` returns the wall time seen from here and
     the CPU time of all of them."""
 
-    def __init__(self, cfg: Config, faces: FaceSet, split: Split, n: int):
-        self.batch_size = cfg.train.batch_size
+    def __init__(self, setup: Resolved, faces: FaceSet, split: Split, n: int):
+        self.batch_size = setup.config.train.batch_size
         self._tmp = tempfile.TemporaryDirectory(prefix="fadenet-bench-")
         ctx = mp.get_context("spawn")
         pipes = [ctx.Pipe() for _ in range(n)]
         self.conns = [here for here, _ in pipes]
-        self.context = parallel.start(_pool_worker, n, Path(self._tmp.name), cfg, faces, split,
+        self.context = parallel.start(_pool_worker, n, Path(self._tmp.name), setup, faces, split,
                                       [there for _, there in pipes])
         self.description = self._receive()[0]
 
@@ -218,8 +220,8 @@ class _Pool:
         self._tmp.cleanup()
 
 
-def _pool_worker(cfg: Config, faces: FaceSet, split: Split, conns: list) -> None:
-    steps = _Steps(cfg, faces, split, parallel.current_group())
+def _pool_worker(setup: Resolved, faces: FaceSet, split: Split, conns: list) -> None:
+    steps = _Steps(setup, faces, split, parallel.current_group())
     conn = conns[steps.group.rank]
     conn.send(steps.describe())
     while (command := conn.recv()) is not None:

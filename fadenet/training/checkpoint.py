@@ -57,9 +57,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ag
         cfg = config_from_dict(state["config"])
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} carries an unusable config: {e}") from None
-    build = copy.deepcopy(cfg.model)
-    build.pretrained = "none"  # the weights come from the checkpoint, not from ImageNet
-    model = build_model(build)
+    model = build_model(cfg.model)  # random weights: they come from the checkpoint, not from ImageNet
     load_weights(model, path, state)
     model.meta.update(state.get("meta", {}))
     return model.to(device).eval(), cfg, state

@@ -14,7 +14,6 @@ would have.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -31,12 +30,12 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, config_from_dict
 from ..data import FaceSet, Split, load_split, prepare
-from ..data.cache import resolve_crop, stratified_pick
-from ..data.sources import pick_source
+from ..data.cache import stratified_pick
 from ..data.loader import Batches, mixup
 from ..io import atomic_path, atomic_write_text
-from ..model import age_spread, build_model, count_parameters, expected_age, predict, predict_probs, resolve_backbone, weights_obtainable
-from ..runtime import compile_model, fast_bf16, machine_text
+from ..model import age_spread, count_parameters, expected_age, predict, predict_probs
+from ..resolve import Resolved, resolve
+from ..runtime import compile_model, machine_text
 from . import parallel
 from .budget import ComputeMeter, stage_size
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
@@ -65,45 +64,6 @@ class Run:
         return config_from_dict(yaml.safe_load((self.folder / "config.yaml").read_text()))
 
 
-def resolved(cfg: Config) -> Config:
-    """A copy of ``cfg`` with its automatic choices made: ``model.backbone=auto`` becomes the
-    backbone it picks, and ``model.pretrained=auto`` becomes ``imagenet`` where those weights can
-    be had (elsewhere it stays ``auto`` and the network falls back to random weights loudly).
-    A run's identity then says what it starts from: the same config on a machine with and one
-    without the weights are different runs, and an ``auto`` run that got ImageNet weights is the
-    same run as its ``imagenet`` twin (notebook 03's run is one of notebook 04's)."""
-    cfg = copy.deepcopy(cfg)
-    if cfg.train.precision == "auto":
-        cfg.train.precision = auto_precision(training_device(cfg))
-    if cfg.model.backbone == "auto":
-        cfg.model.backbone = resolve_backbone(cfg.model)
-    if cfg.model.pretrained == "auto" and weights_obtainable(cfg.model.backbone):
-        cfg.model.pretrained = "imagenet"
-    if cfg.data.crop == "auto":
-        cfg.data.crop = resolve_crop("auto", pick_source(cfg.data.source, cfg.data_root))
-    return cfg
-
-
-def training_device(cfg: Config) -> torch.device:
-    d = cfg.train.device
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(d)
-
-
-def auto_precision(device: torch.device) -> str:
-    """bf16 on GPUs that support it and on CPUs with AMX, fp16 on older GPUs, fp32 on other CPUs:
-    emulated bf16 (AVX2) is many times slower, and native AVX-512-BF16 was no faster than FP32
-    (see fadenet.runtime). Precision is part of a run's identity: it changes the numbers."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if fast_bf16() else "fp32"
-
-
-def run_folder(cfg: Config) -> Path:
-    return cfg.runs_path / resolved(cfg).run_id()
-
-
 def load_run(folder: Path) -> Run:
     meta = json.loads((folder / "meta.json").read_text())
     history = pd.read_csv(folder / "log.csv") if (folder / "log.csv").is_file() else pd.DataFrame()
@@ -114,8 +74,8 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
           progress: bool = True) -> Run:
     """Train (or resume, or reuse the finished run of) the configured model, in as many
     processes as ``train.processes`` resolves to (see :mod:`fadenet.training.parallel`)."""
-    cfg = resolved(cfg)
-    folder = cfg.runs_path / cfg.run_id()
+    setup = resolve(cfg)
+    cfg, folder = setup.config, setup.run_folder
     if (folder / "meta.json").is_file() and load_run(folder).meta.get("status") == "finished":
         log.info("reusing finished run %s", folder)
         return load_run(folder)
@@ -129,7 +89,7 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
     processes = group.world if group.world > 1 else parallel.process_count(cfg)
     if processes > 1 and group.world == 1:
         try:
-            parallel.spawn(_train_in_group, processes, cfg, faces, split, folder, progress)
+            parallel.spawn(_train_in_group, processes, setup, faces, split, progress)
         except RuntimeError:
             run = load_run(folder) if (folder / "meta.json").is_file() else None
             if run is not None and run.meta.get("status") == "diverged":
@@ -137,13 +97,13 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
             raise
         return load_run(folder)
     parallel.use_threads(cfg, group.world)
-    return Trainer(cfg, faces, split, folder, progress, group).fit()
+    return Trainer(setup, faces, split, progress, group).fit()
 
 
-def _train_in_group(cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool) -> None:
+def _train_in_group(setup: Resolved, faces: FaceSet, split: Split, progress: bool) -> None:
     group = parallel.current_group()
-    parallel.use_threads(cfg, group.world)
-    Trainer(cfg, faces, split, folder, progress and group.main, group).fit()
+    parallel.use_threads(setup.config, group.world)
+    Trainer(setup, faces, split, progress and group.main, group).fit()
 
 
 def training_rows(faces: FaceSet, split: Split, fraction: float, seed: int) -> np.ndarray:
@@ -181,15 +141,18 @@ def ema_update(decay: float, warmup: bool = True):
 
 
 class Trainer:
-    """One process's part of a run. ``cfg`` must be :func:`resolved`; ``group`` says which of
-    the data-parallel processes this is (by default the only one)."""
+    """One process's part of a run of a :func:`fadenet.resolve.resolve`-d configuration, in its
+    run folder unless ``folder`` says otherwise; ``group`` says which of the data-parallel
+    processes this is (by default the only one)."""
 
-    def __init__(self, cfg: Config, faces: FaceSet, split: Split, folder: Path, progress: bool,
-                 group: parallel.Group | None = None):
-        self.cfg, self.faces, self.split, self.folder, self.progress = cfg, faces, split, folder, progress
+    def __init__(self, setup: Resolved, faces: FaceSet, split: Split, progress: bool = True,
+                 group: parallel.Group | None = None, folder: Path | None = None):
+        cfg = setup.config
+        self.cfg, self.faces, self.split, self.progress = cfg, faces, split, progress
+        self.folder = folder or setup.run_folder
         self.group = group or parallel.Group()
         t = cfg.train
-        self.device = training_device(cfg)
+        self.device = setup.device
         if self.device.type == "cuda" and self.group.world > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         if t.precision == "fp16" and self.device.type != "cuda":
@@ -200,13 +163,13 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         torch.manual_seed(t.seed)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.model = build_model(cfg.model).to(self.device, memory_format=self.memory_format)
+        self.model = setup.network().to(self.device, memory_format=self.memory_format)
         if t.sync_bn and self.group.world > 1:  # same parameters and buffers: checkpoints load anywhere
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay, t.ema_warmup),
                                 use_buffers=True)
         fused = {"fused": True} if t.fused_adamw else {}
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, t.weight_decay, t.backbone_lr_scale),
+        self.optimizer = torch.optim.AdamW(self.model.optimizer_groups(t.weight_decay, t.backbone_lr_scale),
                                            lr=t.lr, **fused)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.net = self.model  # what the step calls: the model, wrapped for data parallelism and compiled
@@ -492,20 +455,6 @@ class _NoWriter:
 
     def close(self) -> None:
         pass
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only: decaying BatchNorm scales and biases
-    pulls them towards zero for no regularising benefit. The ImageNet layers learn at
-    ``backbone_lr_scale`` times the rate of the layers that start from random weights."""
-    pretrained = {id(p) for p in model.pretrained_parameters()}
-    groups = []
-    for is_pretrained in (True, False):
-        params = [p for p in model.parameters() if (id(p) in pretrained) == is_pretrained]
-        scale = backbone_lr_scale if is_pretrained else 1.0
-        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
-    return [g for g in groups if g["params"]]
 
 
 def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
