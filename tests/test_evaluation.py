@@ -17,7 +17,8 @@ from fadenet.evaluation.ablation import ablation_config, ablation_table, run_gri
 from fadenet.evaluation.evaluate import evaluate, load_ensemble, save_predictions
 from fadenet.model import build_model
 from fadenet.training import CheckpointError, train
-from fadenet.training.trainer import Trainer, training_rows
+from fadenet.training.recipe import training_rows
+from fadenet.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

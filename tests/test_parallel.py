@@ -86,13 +86,13 @@ def _fit_in_group(cfg, die_at: tuple[int, int] | None = None) -> None:
         Trainer._step = step_then_die
     torch.set_num_threads(1)
     faces = prepare(cfg, progress=False)
-    Trainer(resolve(cfg), faces, load_split(faces, cfg), False, parallel.current_group()).fit()
+    Trainer.build(resolve(cfg), faces, load_split(faces, cfg), False, parallel.current_group()).fit()
 
 
 def _fit_alone(cfg, monkeypatch):
     _tiny(monkeypatch)
     faces = prepare(cfg, progress=False)
-    return Trainer(resolve(cfg), faces, load_split(faces, cfg), False).fit()
+    return Trainer.build(resolve(cfg), faces, load_split(faces, cfg), False).fit()
 
 
 def _weights(path: Path) -> dict:
@@ -211,7 +211,7 @@ def _one_step(cfg, monkeypatch) -> tuple[float, dict]:
     """(loss, parameter change) of the first training step of ``cfg`` on the tiny network."""
     _tiny(monkeypatch)
     faces = prepare(cfg, progress=False)
-    trainer = Trainer(resolve(cfg), faces, load_split(faces, cfg), False)
+    trainer = Trainer.build(resolve(cfg), faces, load_split(faces, cfg), False)
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     x, ages, _ = next(iter(trainer.batches))
     for group in trainer.optimizer.param_groups:
@@ -297,7 +297,7 @@ def test_sync_batchnorm_on_cpu_processes_is_one_clear_error(cfg_factory, tmp_pat
     cfg = cfg_factory(f"runs_dir={tmp_path}", "train.sync_bn=true", "train.device=cpu")
     faces = prepare(cfg, progress=False)
     with pytest.raises(ConfigError, match="train.sync_bn=true needs CUDA devices"):
-        Trainer(resolve(cfg), faces, load_split(faces, cfg), progress=False, group=parallel.Group(0, 2), folder=tmp_path / "run")
+        Trainer.build(resolve(cfg), faces, load_split(faces, cfg), progress=False, group=parallel.Group(0, 2), folder=tmp_path / "run")
 
 
 def test_torchrun_trains_with_two_processes_and_prints_once(cfg_factory, tmp_path):

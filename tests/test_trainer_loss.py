@@ -41,7 +41,7 @@ def _step_with_spies(cfg, monkeypatch) -> dict:
     monkeypatch.setattr(DLDLLoss, "forward", forward_spy)
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
-    trainer = Trainer(resolve(cfg), faces, split, False)
+    trainer = Trainer.build(resolve(cfg), faces, split, False)
     x, ages, _ = next(iter(trainer.batches))
     seen["loss"], _ = trainer._step(trainer._input(x), ages, torch.Generator().manual_seed(5),
                                     np.random.default_rng(5), 0, 0)

@@ -24,7 +24,8 @@ from fadenet.training import (CheckpointError, TrainingDiverged, load_checkpoint
 from fadenet.runtime import usable_cores
 from fadenet.training.bench import modes_frame, training_modes
 from fadenet.resolve import resolve
-from fadenet.training.trainer import Trainer, ema_update, lr_at
+from fadenet.training.recipe import ema_update, lr_at
+from fadenet.training.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -158,7 +159,7 @@ def _rates(trainer: Trainer) -> tuple[set[float], set[float]]:
 
 def _trainer(cfg) -> Trainer:
     faces = prepare(cfg, progress=False)
-    return Trainer(resolve(cfg), faces, load_split(faces, cfg), progress=False)
+    return Trainer.build(resolve(cfg), faces, load_split(faces, cfg), progress=False)
 
 
 def test_imagenet_layers_learn_at_their_share_of_the_rate(cfg_factory, mbv2_torch_home, tmp_path):
@@ -338,7 +339,7 @@ def test_training_lowers_the_error_on_real_faces(cfg_factory, aaf_root, mbv2_tor
                       root=aaf_root)
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
-    trainer = Trainer(resolve(cfg), faces, split, progress=False)
+    trainer = Trainer.build(resolve(cfg), faces, split, progress=False)
     before = trainer.validate(split.test)[1]
     run = trainer.fit()
     after = run.meta["test_mae"]
@@ -370,3 +371,18 @@ def test_the_paper_profile_trains_end_to_end_on_an_afad_layout_folder(tmp_path, 
     assert run.meta["status"] == "finished" and run.meta["source"] == "afad" and run.meta["trained_on"] == 40
     assert len(pd.read_csv(run.folder / "batches.csv")) == 2  # 40 training faces, batches of 16, the last partial dropped
     assert math.isfinite(run.meta["test_mae"])
+
+
+def test_a_resumed_run_drops_the_batch_rows_of_the_epoch_it_repeats_and_other_ranks_write_nothing(tmp_path):
+    from fadenet.training.run import RunFolder
+    folder = RunFolder(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    folder.append_batches([(e, b, 2 * e + b, 1.0 / (1 + e), 0.1) for e in range(3) for b in range(2)])
+    folder.keep_batches_before(2)  # killed in epoch 3, after its rows were written, before its checkpoint
+    assert pd.read_csv(tmp_path / "run" / "batches.csv")["step"].tolist() == [0, 1, 2, 3]
+    folder.keep_batches_before(0)  # no checkpoint at all: the run starts over
+    assert not (tmp_path / "run" / "batches.csv").exists()
+    other = RunFolder(tmp_path / "other", main=False)
+    other.append_batches([(0, 0, 0, 1.0, 0.1)])
+    other.write_meta({"status": "running"})
+    assert not (tmp_path / "other").exists()

@@ -128,7 +128,7 @@ class _Steps:
         cfg = setup.config
         self.group = group or parallel.Group()
         parallel.use_threads(cfg, self.group.world)
-        self.trainer = Trainer(setup, faces, split, progress=False, group=self.group,
+        self.trainer = Trainer.build(setup, faces, split, progress=False, group=self.group,
                                folder=cfg.runs_path / "bench-train")  # writes nothing
         self.trainer.model.train()
         self.batch_size = cfg.train.batch_size

@@ -12,7 +12,7 @@ import torch
 
 from ..config import Config
 from .loss import label_sigma, lds_weights, target_distribution
-from .trainer import Run
+from .run import Run
 
 PLOTS = ("loss", "mae", "lr", "gap", "stability", "time", "batch_loss_distribution", "loss_and_lr")
 

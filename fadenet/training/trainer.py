@@ -1,12 +1,9 @@
-"""The paper's training recipe as one resumable run.
+"""The paper's training recipe as one resumable run of a resolved configuration.
 
-A run lives in ``runs/<run id>/``, the id naming everything in the resolved config that affects
-the result, so the same config finds its finished run again instead of training twice. It holds
-``config.yaml``, ``meta.json`` (status, data, initialisation, results), ``log.csv`` (one row
-per epoch), ``batches.csv`` (one row per batch), TensorBoard events in ``tb/``, ``train.log``,
-``last.pt`` (full training state, written atomically after every epoch), ``best.pt`` (EMA
-weights of the best validation epoch) and ``test_predictions.csv`` (the best weights' predicted
-age of every test face).
+:func:`train` resolves the configuration, finds a finished run of it again instead of training
+twice, and otherwise builds the parts (:func:`fadenet.training.recipe.build_parts`) and hands
+them to a :class:`Trainer`, in as many processes as ``train.processes`` resolves to. What the
+run folder holds is :mod:`fadenet.training.run`.
 
 Every source of randomness of epoch e is seeded from (seed, e), so a run killed mid-epoch and
 started again resumes from its last checkpoint and ends exactly where an uninterrupted run
@@ -14,32 +11,27 @@ would have.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, config_from_dict
+from ..config import Config
 from ..data import FaceSet, Split, load_split, prepare
-from ..data.cache import stratified_pick
-from ..data.loader import Batches, mixup
-from ..io import atomic_path, atomic_write_text
+from ..data.loader import mixup
 from ..model import age_spread, count_parameters, expected_age, predict, predict_probs
 from ..resolve import Resolved, resolve
 from ..runtime import compile_model, machine_text
 from . import parallel
 from .budget import ComputeMeter, stage_size
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
-from .loss import DLDLLoss, label_sigma, lds_weights, target_distribution
+from .recipe import Parts, build_parts, lr_at
+from .loss import label_sigma, target_distribution
+from .run import Run, RunFolder, finished_run, load_run
 
 log = logging.getLogger("fadenet.train")
 
@@ -48,37 +40,15 @@ class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; the last good checkpoint is kept."""
 
 
-@dataclass
-class Run:
-    folder: Path
-    meta: dict
-    history: pd.DataFrame
-
-    @property
-    def best(self) -> Path:
-        return self.folder / "best.pt"
-
-    @property
-    def config(self) -> Config:
-        """The resolved configuration the run was trained with."""
-        return config_from_dict(yaml.safe_load((self.folder / "config.yaml").read_text()))
-
-
-def load_run(folder: Path) -> Run:
-    meta = json.loads((folder / "meta.json").read_text())
-    history = pd.read_csv(folder / "log.csv") if (folder / "log.csv").is_file() else pd.DataFrame()
-    return Run(folder, meta, history)
-
-
 def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
           progress: bool = True) -> Run:
     """Train (or resume, or reuse the finished run of) the configured model, in as many
     processes as ``train.processes`` resolves to (see :mod:`fadenet.training.parallel`)."""
     setup = resolve(cfg)
     cfg, folder = setup.config, setup.run_folder
-    if (folder / "meta.json").is_file() and load_run(folder).meta.get("status") == "finished":
+    if (done := finished_run(folder)) is not None:
         log.info("reusing finished run %s", folder)
-        return load_run(folder)
+        return done
     group = parallel.current_group()
     if not group.main:
         group.barrier()  # under torchrun, rank 0 builds the cache and the split; the others then read them
@@ -97,96 +67,35 @@ def train(cfg: Config, faces: FaceSet | None = None, split: Split | None = None,
             raise
         return load_run(folder)
     parallel.use_threads(cfg, group.world)
-    return Trainer(setup, faces, split, progress, group).fit()
+    return Trainer.build(setup, faces, split, progress, group).fit()
 
 
 def _train_in_group(setup: Resolved, faces: FaceSet, split: Split, progress: bool) -> None:
     group = parallel.current_group()
     parallel.use_threads(setup.config, group.world)
-    Trainer(setup, faces, split, progress and group.main, group).fit()
-
-
-def training_rows(faces: FaceSet, split: Split, fraction: float, seed: int) -> np.ndarray:
-    """The training split, or a fixed age-stratified ``fraction`` of it (``train.fraction``)."""
-    if fraction >= 1.0:
-        return split.train
-    n = max(1, round(fraction * len(split.train)))
-    return split.train[stratified_pick(faces.ages[split.train], n, seed)]
-
-
-def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float, schedule: str = "cosine") -> float:
-    """Linear warm-up for ``warmup`` steps, then a cosine or linear decay from ``lr`` to
-    ``lr * min_ratio`` at step ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    left = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return lr * (min_ratio + (1 - min_ratio) * left)
-
-
-def ema_update(decay: float, warmup: bool = True):
-    """EMA for AveragedModel, with the usual warm-up (decay (1+n)/(10+n) while that is smaller)
-    so that short runs are not dominated by their first, untrained weights. The warm-up reaches
-    a decay of 0.99 only after 890 steps and 0.995 after 1,790: in a run of a few epochs it, not
-    ``decay``, sets the average. ``warmup=False`` averages with ``decay`` from the first step."""
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        if not averaged[0].is_floating_point():  # BatchNorm's batch counter
-            for a, c in zip(averaged, current):
-                a.copy_(c)
-            return
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
-        torch._foreach_lerp_(averaged, current, 1 - d)
-    return update
+    Trainer.build(setup, faces, split, progress and group.main, group).fit()
 
 
 class Trainer:
-    """One process's part of a run of a :func:`fadenet.resolve.resolve`-d configuration, in its
-    run folder unless ``folder`` says otherwise; ``group`` says which of the data-parallel
-    processes this is (by default the only one)."""
+    """One process's part of a run: it receives the built parts and a run folder; ``group``
+    says which of the data-parallel processes this is (by default the only one)."""
 
-    def __init__(self, setup: Resolved, faces: FaceSet, split: Split, progress: bool = True,
-                 group: parallel.Group | None = None, folder: Path | None = None):
-        cfg = setup.config
-        self.cfg, self.faces, self.split, self.progress = cfg, faces, split, progress
-        self.folder = folder or setup.run_folder
-        self.group = group or parallel.Group()
-        t = cfg.train
-        self.device = setup.device
-        if self.device.type == "cuda" and self.group.world > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if t.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
-        if t.sync_bn and self.group.world > 1 and self.device.type != "cuda":
-            raise ConfigError("train.sync_bn=true needs CUDA devices (SyncBatchNorm); on CPUs each process "
-                              "normalises its share of the batch: set train.sync_bn=false")
+    def __init__(self, setup: Resolved, parts: Parts, faces: FaceSet, split: Split, folder: RunFolder,
+                 device: torch.device, progress: bool = True, group: parallel.Group | None = None):
+        self.cfg, self.faces, self.split, self.folder, self.progress = setup.config, faces, split, folder, progress
+        self.device, self.group = device, group or parallel.Group()
+        self.parts = parts
+        self.model, self.ema, self.optimizer, self.scaler = parts.model, parts.ema, parts.optimizer, parts.scaler
+        self.loss, self.batches, self.train_rows, self.memory_format = parts.loss, parts.batches, parts.train_rows, parts.memory_format
+        t = self.cfg.train
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        torch.manual_seed(t.seed)
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.model = setup.network().to(self.device, memory_format=self.memory_format)
-        if t.sync_bn and self.group.world > 1:  # same parameters and buffers: checkpoints load anywhere
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay, t.ema_warmup),
-                                use_buffers=True)
-        fused = {"fused": True} if t.fused_adamw else {}
-        self.optimizer = torch.optim.AdamW(self.model.optimizer_groups(t.weight_decay, t.backbone_lr_scale),
-                                           lr=t.lr, **fused)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.net = self.model  # what the step calls: the model, wrapped for data parallelism and compiled
         if self.group.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.compiled = t.compile == "true" or (t.compile == "auto" and self.device.type == "cuda")
+        self.compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda")
         self._compile_checked = False
         if self.compiled:
             self.net = compile_model(self.net)
-        k = cfg.model.num_classes
-        self.train_rows = training_rows(faces, split, t.fraction, cfg.data.seed)
-        train_ages = torch.as_tensor(faces.ages[self.train_rows])
-        weights = lds_weights(train_ages, k, cfg.loss.lds_sigma, cfg.loss.lds_clip) if cfg.loss.lds else None
-        self.loss = DLDLLoss(cfg.loss, k, weights).to(self.device)
-        self.batches = Batches(faces.images, faces.ages, self.train_rows, t.batch_size, train=True,
-                               seed=t.seed, erase_p=t.erase_p, augment=t.augment, strength=t.aug_strength,
-                               shard=(self.group.rank, self.group.world), device=self.device)
         self.compute = ComputeMeter(self.model, len(split.train))
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -195,14 +104,23 @@ class Trainer:
         self.history: list[dict] = []
         self.best_mae, self.best_epoch, self.start_epoch = math.inf, -1, 0
 
+    @classmethod
+    def build(cls, setup: Resolved, faces: FaceSet, split: Split, progress: bool = True,
+              group: parallel.Group | None = None, folder: Path | None = None) -> "Trainer":
+        """A trainer of ``setup`` with its parts built, in its run folder unless ``folder`` says otherwise."""
+        group = group or parallel.Group()
+        device = setup.device
+        if device.type == "cuda" and group.world > 1:
+            device = torch.device("cuda", torch.cuda.current_device())
+        parts = build_parts(setup, faces, split, device, group.rank, group.world)
+        return cls(setup, parts, faces, split, RunFolder(folder or setup.run_folder, group.main), device,
+                   progress, group)
+
     # ---- the run ------------------------------------------------------------------------
     def fit(self) -> Run:
         """Train to the last epoch (rank 0 writes the run folder; the others only compute)."""
         main = self.group.main
-        if main:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._log_to_file()
-            self.cfg.save(self.folder / "config.yaml")
+        self.folder.open(self.cfg)
         self.group.barrier()
         self._resume()
         if main:
@@ -210,9 +128,7 @@ class Trainer:
             log.info("training in %d process(es) of %d thread(s), %s%s, on %s", self.group.world,
                      torch.get_num_threads(), self.cfg.train.precision, ", compiled" if self.compiled else "",
                      self.device)
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch * self.steps_per_epoch) \
-            if main else _NoWriter()
+        writer = self.folder.writer(purge_step=self.start_epoch * self.steps_per_epoch)
         started = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, self.cfg.train.epochs):
@@ -243,7 +159,7 @@ class Trainer:
             writer.close()
         self._finish()
         self.group.barrier()
-        return load_run(self.folder)
+        return load_run(self.folder.path)
 
     def _epoch(self, epoch: int, writer) -> dict:
         t, model = self.cfg.train, self.model
@@ -276,8 +192,7 @@ class Trainer:
             writer.add_scalar("batch/loss", loss, step)
             bar.set_postfix(loss=f"{loss:.3f}")
         seconds = time.perf_counter() - start
-        if self.group.main:
-            self._append_batches(rows)
+        self.folder.append_batches(rows)
         val_loss, val_mae = self.validate()
         train_mae = self.group.mean(torch.tensor(np.mean(maes) if maes else float("nan")))
         done = self.history[-1].get("epoch_equivalents", math.nan) if self.history else 0.0
@@ -301,7 +216,7 @@ class Trainer:
         loss, _ = self.loss(logits.float(), target, ages, weights)  # the loss in FP32 whatever the precision
         value = self.group.mean(loss)  # the batch's loss over all processes: all stop together if it diverges
         if not math.isfinite(value):
-            kept = (f"the last good checkpoint is {self.folder / 'last.pt'} (epoch {len(self.history)})"
+            kept = (f"the last good checkpoint is {self.folder.last} (epoch {len(self.history)})"
                     if self.history else "no checkpoint was written yet")
             raise TrainingDiverged(f"the loss became {value} in epoch {epoch + 1}, batch {b + 1}; "
                                    f"training stopped; {kept}; try a lower train.lr")
@@ -359,33 +274,24 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch + 7_919 * self.group.rank)  # dropout
 
     def _checkpoint(self, name: str, epoch: int, weights: dict, **extra) -> None:
-        """Plain data only (config and metadata as dicts), written atomically, by rank 0."""
-        if not self.group.main:
-            return
-        state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "meta": dict(self.model.meta),
-                 "data_source": self.faces.source, "epoch": epoch + 1, "model": weights, **extra}
-        with atomic_path(self.folder / name) as tmp:
-            torch.save(state, tmp)
+        self.folder.save_checkpoint(name, self.cfg, self.model.meta, self.faces.source, epoch, weights, **extra)
 
     def _save_last(self, epoch: int) -> None:
         self._checkpoint("last.pt", epoch, self.model.state_dict(), ema=self.ema.module.state_dict(),
                          ema_averaged=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
                          scaler=self.scaler.state_dict(), best_val_mae=self.best_mae,
                          best_epoch=self.best_epoch, history=self.history)
-        if self.group.main:
-            atomic_write_text(self.folder / "log.csv", pd.DataFrame(self.history).to_csv(index=False))
+        self.folder.write_history(self.history)
 
     def _save_best(self, epoch: int) -> None:
         # the EMA weights are the ones validated, so they are the ones kept
         self._checkpoint("best.pt", epoch, self.ema.module.state_dict(), val_mae=self.best_mae)
 
     def _resume(self) -> None:
-        last = self.folder / "last.pt"
-        if not last.is_file():
-            if self.group.main:
-                (self.folder / "batches.csv").unlink(missing_ok=True)
+        if not self.folder.last.is_file():
+            self.folder.keep_batches_before(0)
             return
-        state = load_checkpoint_file(last, expect=self.cfg)
+        state = self.folder.load_checkpoint("last.pt", expect=self.cfg)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.ema.n_averaged.fill_(state["ema_averaged"])
@@ -394,36 +300,27 @@ class Trainer:
         self.best_mae, self.best_epoch = state["best_val_mae"], state["best_epoch"]
         self.history = list(state["history"])
         self.start_epoch = state["epoch"]
-        batches = self.folder / "batches.csv"
-        if batches.is_file() and self.group.main:  # drop the rows of the epoch that was interrupted
-            kept = pd.read_csv(batches)
-            kept[kept["epoch"] < self.start_epoch].to_csv(batches, index=False)
+        self.folder.keep_batches_before(self.start_epoch)  # drop the rows of the epoch that was interrupted
         if self.group.main:
-            log.info("resuming %s after epoch %d", self.folder.name, self.start_epoch)
-
-    def _append_batches(self, rows) -> None:
-        path = self.folder / "batches.csv"
-        pd.DataFrame(rows, columns=["epoch", "batch", "step", "loss", "lr"]).to_csv(
-            path, mode="a", header=not path.is_file(), index=False)
+            log.info("resuming %s after epoch %d", self.folder.path.name, self.start_epoch)
 
     def _finish(self) -> None:
-        best = load_checkpoint_file(self.folder / "best.pt", expect=self.cfg)
+        best = self.folder.load_checkpoint("best.pt", expect=self.cfg)
         self.ema.module.load_state_dict(best["model"])
         test_loss, test_mae = float("nan"), float("nan")
         if len(self.split.test):
             rows = self.split.test
             probs = self._probs(rows)
             test_loss, test_mae = self._scores(rows, probs)
-            if self.group.main:  # per face, for intervals over test faces (the ablation's bootstrap)
-                table = pd.DataFrame({"row": rows, "face": self.faces.table["path"].to_numpy()[rows],
-                                      "age": self.faces.ages[rows], "predicted": expected_age(probs),
-                                      "std": age_spread(probs)})
-                atomic_write_text(self.folder / "test_predictions.csv", table.to_csv(index=False, float_format="%.4f"))
+            # per face, for intervals over test faces (the ablation's bootstrap)
+            self.folder.write_test_predictions(pd.DataFrame({
+                "row": rows, "face": self.faces.table["path"].to_numpy()[rows], "age": self.faces.ages[rows],
+                "predicted": expected_age(probs), "std": age_spread(probs)}))
         if self.group.main:
             self._write_meta("finished", test_mae=test_mae, test_loss=test_loss)
 
     def _write_meta(self, status: str, **extra) -> None:
-        meta = {"status": status, "run_id": self.folder.name, "profile": self.cfg.profile,
+        meta = {"status": status, "run_id": self.folder.path.name, "profile": self.cfg.profile,
                 **self.model.meta, "source": self.faces.source, "images": len(self.faces),
                 "split": self.split.protocol, "fold": self.split.fold, "train": len(self.split.train),
                 "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.train_rows),
@@ -435,26 +332,7 @@ class Trainer:
                 "epoch_equivalents": self.history[-1].get("epoch_equivalents", math.nan) if self.history else 0.0,
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
                 "train_seconds": round(sum(r["seconds"] for r in self.history), 1), **extra}
-        atomic_write_text(self.folder / "meta.json", json.dumps(meta, indent=1))
-
-    def _log_to_file(self) -> None:
-        path = str(self.folder / "train.log")
-        root = logging.getLogger("fadenet")
-        if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
-            handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            root.addHandler(handler)
-        root.setLevel(logging.INFO)
-
-
-class _NoWriter:
-    """TensorBoard's writer for the processes that do not write (all but rank 0)."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        self.folder.write_meta(meta)
 
 
 def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
