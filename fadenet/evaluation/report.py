@@ -120,7 +120,7 @@ def literature_table(measured: list[dict]) -> pd.DataFrame:
 
 
 def budget_text(cfg: Config, trained_on: int, split_train: int) -> str:
-    return (f"eval.ablation_budget={cfg.eval.ablation_budget:g}: each run learns from {trained_on:,} of the "
+    return (f"each run learns from {trained_on:,} of the "
             f"{split_train:,} training faces, {cfg.train.epochs} epochs, {cfg.data.size}px")
 
 
@@ -149,7 +149,7 @@ def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: 
     ``protocols`` (of ``kfold_variant``, default ``variant``) adds the kfold mean, if given.
     ``full`` adds chapter 03's model (trained on the whole training split): a dict with its
     ``method`` label, ``backbone``, ``parameters`` and its test MAE per TTA mode (``tta``)."""
-    where = f"measured here: profile {cfg.profile}, eval.ablation_budget={cfg.eval.ablation_budget:g}, notebook 05"
+    where = f"measured here: profile {cfg.profile}, {cfg.eval.ablation_budget:g} of the training split per run, notebook 05"
     by_model = seeds.set_index("model")
     single = by_model.index[0]
     rows = [{"method": f"{variant} (this workbook), ensemble of {len(by_model) - 1} seeds, TTA multi",

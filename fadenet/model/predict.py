@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.tensors import denormalize, normalize, to_tensor  # noqa: F401 - part of this module's API
+from ..data.tensors import normalize, to_tensor
 
 TTA_SCALES = (0.9, 1.0, 1.1)
 

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import FaceSet, Split
-from ..runtime import usable_cores
-from . import parallel
 from ..resolve import Resolved, resolve
-from ..runtime import pick_device
+from ..runtime import pick_device, usable_cores
+from . import parallel
 from .trainer import Trainer
 
 # name -> settings; every mode names all of them, so none inherits the profile's choice

@@ -84,7 +84,6 @@ class Trainer:
                  device: torch.device, progress: bool = True, group: parallel.Group | None = None):
         self.cfg, self.faces, self.split, self.folder, self.progress = setup.config, faces, split, folder, progress
         self.device, self.group = device, group or parallel.Group()
-        self.parts = parts
         self.model, self.ema, self.optimizer, self.scaler = parts.model, parts.ema, parts.optimizer, parts.scaler
         self.loss, self.batches, self.train_rows, self.memory_format = parts.loss, parts.batches, parts.train_rows, parts.memory_format
         t = self.cfg.train
