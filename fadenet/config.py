@@ -152,6 +152,10 @@ class EvalConfig:
     seeds: tuple[int, ...] = not_result((42, 1337))
     ablation_budget: float = not_result(1.0)  # share of the training split each ablation run learns from
     factorial_seeds: tuple[int, ...] = not_result((42, 1337))  # chapter 04's 2^4 factorial: each cell once per seed
+    # chapter 04's budget transfer: the baseline and FADE-Net with each seed, trained for each
+    # multiple of train.epochs (the schedule stretched with it)
+    transfer_seeds: tuple[int, ...] = not_result((42, 1337, 7))
+    transfer_scales: tuple[int, ...] = not_result((1, 3))
     kfold: bool = not_result(True)  # chapter 05 also trains FADE-Net on the 5 kfold rotations
     # chapter 03's time-to-accuracy study: training compute in epoch-equivalents (one epoch of the
     # whole training split at 112 px; below 1, one epoch of that share of the split)
@@ -310,6 +314,11 @@ class Config:
                 raise ConfigError(f"{key}={value} must be {bounds}")
         if not self.eval.factorial_seeds or len(set(self.eval.factorial_seeds)) != len(self.eval.factorial_seeds):
             raise ConfigError(f"eval.factorial_seeds={list(self.eval.factorial_seeds)} must be distinct seeds, at least one")
+        if len(set(self.eval.transfer_seeds)) < 2 or len(set(self.eval.transfer_seeds)) != len(self.eval.transfer_seeds):
+            raise ConfigError(f"eval.transfer_seeds={list(self.eval.transfer_seeds)} must be distinct seeds, at least two")
+        if not self.eval.transfer_scales or min(self.eval.transfer_scales) < 1:
+            raise ConfigError(f"eval.transfer_scales={list(self.eval.transfer_scales)} must be whole multiples of "
+                              "train.epochs, at least 1")
         if self.train.device not in ("auto", "cpu", "cuda") and not self.train.device.startswith("cuda:"):
             raise ConfigError(f"train.device={self.train.device!r} is not one of auto, cpu, cuda, cuda:N")
 

@@ -120,3 +120,26 @@ def test_store_is_read_back_without_training(tmp_path, monkeypatch):
     monkeypatch.setattr(factorial, "train", lambda *a, **k: pytest.fail("a stored run was trained again"))
     assert factorial.stored_or_trained(run_cfg, None, None, store, {}) == row
     assert factorial.face_errors(pd.DataFrame([row]), store).tolist() == [[1.0]]
+
+
+def test_transfer_table_pairs_seeds_and_computes_the_t_interval_by_hand():
+    from scipy import stats
+    rows = []
+    gaps = {1: [-0.30, -0.20, -0.25], 3: [0.01, -0.01, 0.00]}
+    for scale, d in gaps.items():
+        for seed, gap in zip((42, 1337, 7), d):
+            base = 5.0 + 0.1 * seed % 3
+            rows += [{"network": "baseline", "scale": scale, "seed": seed, "test_mae": base, "epoch_equivalents": 4.0 * scale},
+                     {"network": "FADE-Net", "scale": scale, "seed": seed, "test_mae": base + gap,
+                      "epoch_equivalents": 4.0 * scale}]
+    table = factorial.transfer_table(pd.DataFrame(rows)).set_index("epoch_equivalents")
+    d = np.array(gaps[1])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert table.loc[4.0, "fadenet_minus_baseline"] == pytest.approx(-0.25)
+    assert (table.loc[4.0, "ci_low"], table.loc[4.0, "ci_high"]) == pytest.approx((-0.25 - half, -0.25 + half))
+    assert table.loc[4.0, "verdict"].startswith("lowers MAE by 0.25")
+    assert table.loc[12.0, "verdict"].startswith("equivalent to no effect within 0.1")
+    summary = factorial.chapter_summary(factorial.effects(_runs({"ca": -0.3}, noise=0.01)),
+                                        factorial.one_at_a_time(_runs({"ca": -0.3}, noise=0.01)), table.reset_index())
+    assert "the verdict changes with the budget" in summary
+    assert "Coordinate attention: lowers MAE by 0.3" in summary

@@ -30,6 +30,8 @@ from ..data import FaceSet, Split
 from ..io import atomic_path, atomic_write_text
 from ..resolve import resolve
 from ..training import train
+from ..training.recipe import training_rows
+from .report import budget_text
 
 # the four ideas: the column a run's row names them by, the config key that switches each, and
 # the words a reader says
@@ -70,13 +72,37 @@ def cell_config(cfg: Config, cell: dict[str, bool], seed: int) -> Config:
 
 def run_factorial(cfg: Config, faces: FaceSet, split: Split, progress: bool = True) -> pd.DataFrame:
     """Every cell x seed of ``eval.factorial_seeds``, read from the store or trained; one row per
-    run. Seed by seed, so that an interrupted study already holds whole replicates."""
-    store = cfg.figures_path / "predictions"
+    run (the four switches, the cell's name, seed, scores, compute, minutes and run id). Seed by
+    seed, so that an interrupted study already holds whole replicates."""
     jobs = [(cell, seed) for seed in cfg.eval.factorial_seeds for cell in cells()]
     rows = []
     for cell, seed in tqdm(jobs, desc="factorial runs", unit="run", disable=not progress):
-        rows.append(stored_or_trained(cell_config(cfg, cell, seed), faces, split, store, cell, progress))
+        labels = {**cell, "network": cell_name(cell)}
+        rows.append(stored_or_trained(cell_config(cfg, cell, seed), faces, split, store_path(cfg), labels, progress))
     return pd.DataFrame(rows)
+
+
+def stored_runs(cfg: Config) -> pd.DataFrame:
+    """The factorial's runs already in the store, without training any (chapter 07 reads them):
+    one row per finished run, as :func:`run_factorial` gives them."""
+    rows = []
+    for seed in cfg.eval.factorial_seeds:
+        for cell in cells():
+            path = store_path(cfg) / f"{resolve(cell_config(cfg, cell, seed)).run_folder.name}.json"
+            if path.is_file():
+                rows.append({**json.loads(path.read_text()), **cell, "network": cell_name(cell)})
+    return pd.DataFrame(rows)
+
+
+def budget_caption(cfg: Config, faces: FaceSet, split: Split) -> str:
+    """What each of the factorial's runs learns from, in words."""
+    trained_on = len(training_rows(faces, split, cfg.eval.ablation_budget, cfg.data.seed))
+    return budget_text(cfg, trained_on, len(split.train))
+
+
+def store_path(cfg: Config) -> Path:
+    """Where finished runs leave their rows and per-face test predictions (committed with the figures)."""
+    return cfg.figures_path / "predictions"
 
 
 def stored_or_trained(cfg: Config, faces: FaceSet, split: Split, store: Path, labels: dict,
@@ -87,7 +113,7 @@ def stored_or_trained(cfg: Config, faces: FaceSet, split: Split, store: Path, la
     run_id = resolve(cfg).run_folder.name
     row_path = store / f"{run_id}.json"
     if row_path.is_file() and (store / f"{run_id}.csv.gz").is_file():
-        return json.loads(row_path.read_text())
+        return {**json.loads(row_path.read_text()), **labels}
     run = train(cfg, faces, split, progress=progress)
     faces_path = run.folder / "test_predictions.csv"
     table = pd.read_csv(faces_path)
@@ -104,6 +130,46 @@ def stored_or_trained(cfg: Config, faces: FaceSet, split: Split, store: Path, la
            "run": run_id}
     atomic_write_text(row_path, json.dumps(row, indent=1) + "\n")
     return row
+
+
+def run_transfer(cfg: Config, faces: FaceSet, split: Split, progress: bool = True) -> pd.DataFrame:
+    """The baseline and FADE-Net with each seed of ``eval.transfer_seeds``, trained for each
+    multiple of the profile's budget in ``eval.transfer_scales`` (``train.epochs`` times it, the
+    schedule stretched with it); one row per run. At scale 1 a run is the factorial's cell, read
+    from the store rather than trained again."""
+    jobs = [(scale, seed, cell) for scale in cfg.eval.transfer_scales for seed in cfg.eval.transfer_seeds
+            for cell in (cells()[0], cells()[-1])]
+    rows = []
+    for scale, seed, cell in tqdm(jobs, desc="budget transfer runs", unit="run", disable=not progress):
+        run_cfg = cell_config(cfg, cell, seed).override({"train.epochs": cfg.train.epochs * scale})
+        rows.append(stored_or_trained(run_cfg, faces, split, store_path(cfg), {"network": cell_name(cell),
+                                      "scale": scale}, progress))
+    return pd.DataFrame(rows)
+
+
+def transfer_table(runs: pd.DataFrame, level: float = 0.95, margin: float = MARGIN) -> pd.DataFrame:
+    """Per budget: both networks' mean test MAE, the seed-paired difference FADE-Net minus
+    baseline with its t-interval over the seeds, Holm-adjusted across the budgets, the
+    equivalence test against +-``margin`` and the verdict."""
+    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.weightstats import ttost_paired
+
+    rows = []
+    for scale, group in runs.groupby("scale", sort=True):
+        by = group.pivot(index="seed", columns="network", values="test_mae").dropna()
+        diffs = (by["FADE-Net"] - by["baseline"]).to_numpy(dtype=float)
+        if len(diffs) < 2:
+            raise ValueError(f"the budget transfer needs at least 2 seeds with both networks (scale {scale}: {len(diffs)})")
+        test = stats.ttest_1samp(diffs, 0.0)
+        ci = test.confidence_interval(level)
+        rows.append({"epoch_equivalents": group["epoch_equivalents"].mean(), "seeds": len(diffs),
+                     "baseline_test_mae": by["baseline"].mean(), "fadenet_test_mae": by["FADE-Net"].mean(),
+                     "effect": diffs.mean(), "ci_low": ci.low, "ci_high": ci.high, "p": test.pvalue,
+                     "p_tost": ttost_paired(by["FADE-Net"].to_numpy(), by["baseline"].to_numpy(), -margin, margin)[0]})
+    table = pd.DataFrame(rows)
+    table["p_holm"] = multipletests(table["p"], alpha=1 - level, method="holm")[1]
+    table["verdict"] = [verdict(r, level, margin) for r in table.to_dict("records")]
+    return table.rename(columns={"effect": "fadenet_minus_baseline"})
 
 
 def face_errors(runs: pd.DataFrame, store: Path) -> np.ndarray:
@@ -219,3 +285,47 @@ def one_at_a_time(runs: pd.DataFrame) -> pd.DataFrame:
                          "test MAE mean": mae.mean(), "test MAE std": mae.std(ddof=1) if len(mae) > 1 else np.nan,
                          "val MAE mean": runs.loc[mask, "val_mae"].mean()})
     return pd.DataFrame(rows).sort_values(["ideas on", "network"], kind="stable", ignore_index=True)
+
+
+def with_costs(rows: pd.DataFrame, cfg: Config, size: int = 224) -> pd.DataFrame:
+    """``rows`` (named cells) with each network's parameters and multiply-adds at ``size`` px, on
+    the backbone the factorial trains (random weights: sizes do not depend on them)."""
+    from ..model import count_macs, count_parameters
+
+    by_name = {cell_name(c): c for c in cells()}
+    networks = [resolve(cell_config(cfg, by_name[name], 0)).network(weights=False) for name in rows["network"]]
+    out = rows.copy()
+    out.insert(2, "parameters", [count_parameters(n) for n in networks])
+    out.insert(3, f"M multiply-adds @{size}px", [round(count_macs(n, size) / 1e6, 1) for n in networks])
+    return out
+
+
+def verdict_kind(text: str) -> str:
+    """The first word of a verdict: lowers, raises, equivalent or undecided."""
+    return text.split(" ", 1)[0]
+
+
+def chapter_summary(effects: pd.DataFrame, rows: pd.DataFrame, transfer: pd.DataFrame | None = None,
+                    target: float = 0.08) -> str:
+    """What chapter 04 found, in sentences computed from its tables: FADE-Net against the
+    baseline, each idea's verdict, the precision reached, the interactions, the budget transfer."""
+    by = rows.set_index("network")
+    seeds = int(by.loc["FADE-Net", "seeds"])
+    lines = [f"- FADE-Net scores test MAE {by.loc['FADE-Net', 'test MAE mean']:.2f} and the baseline "
+             f"{by.loc['baseline', 'test MAE mean']:.2f} (mean of {seeds} seed{'s' * (seeds > 1)} each)."]
+    main = effects[effects["term"].isin(IDEAS)]
+    lines += [f"- {r['what'][0].upper() + r['what'][1:]}: {r['verdict']}." for r in main.to_dict("records")]
+    half = ((main["ci_high"] - main["ci_low"]) / 2).max()
+    lines.append(f"- The widest main-effect interval has a half-width of {half:.3f} years "
+                 f"({'within' if half <= target else 'above'} the {target:g}-year precision this study aimed for).")
+    pairs = effects[~effects["term"].isin(IDEAS)]
+    found = pairs[pairs["verdict"].map(verdict_kind).isin(["lowers", "raises"])]
+    lines.append("- No two-way interaction is detected." if found.empty else
+                 "- Interactions detected: " + "; ".join(f"{r['what']} {r['verdict']}" for r in found.to_dict("records")) + ".")
+    if transfer is not None:
+        kinds = transfer["verdict"].map(verdict_kind)
+        steps = "; ".join(f"at {r['epoch_equivalents']:g} epoch-equivalents it {r['verdict']}"
+                          for r in transfer.to_dict("records"))
+        same = "the verdict is the same at every budget" if kinds.nunique() == 1 else "the verdict changes with the budget"
+        lines.append(f"- FADE-Net minus the baseline: {steps}; {same}.")
+    return "\n".join(lines)

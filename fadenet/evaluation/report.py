@@ -61,6 +61,74 @@ def effects_figure(summary: pd.DataFrame, caption_budget: str) -> plt.Figure:
     return fig
 
 
+def cells_figure(rows: pd.DataFrame, runs: pd.DataFrame, caption_budget: str) -> plt.Figure:
+    """The paper's one-at-a-time rows read off the factorial: each seed's test MAE (dots) and
+    their mean (bar), the baseline at the top and FADE-Net at the bottom."""
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.6))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, rows["test MAE mean"], color="tab:blue", alpha=0.35, label="mean over seeds")
+    for yi, name in zip(y, rows["network"]):
+        seeds = runs.loc[runs["network"] == name, "test_mae"]
+        ax.plot(seeds, np.full(len(seeds), yi), "o", color="tab:blue", ms=4,
+                label="one training (seed)" if yi == y[0] else None)
+    for yi, value in zip(y, rows["test MAE mean"]):
+        ax.text(value, yi + 0.3, f"{value:.2f}", va="center", ha="center", fontsize=7)
+    low = min(rows["test MAE mean"].min(), runs["test_mae"].min())
+    high = max(rows["test MAE mean"].max(), runs["test_mae"].max())
+    ax.set_xlim(low - 0.15, high + 0.15)
+    ax.set_yticks(y, rows["network"])
+    ax.set(xlabel="test MAE (years)", title=f"The paper's ablation rows, read off the factorial\n{caption_budget}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def factorial_effects_figure(effects: pd.DataFrame, margin: float, caption_budget: str) -> plt.Figure:
+    """Each main effect and two-way interaction on test MAE with both 95% intervals: the linear
+    model's (over runs) and the hierarchical bootstrap's (over runs and test faces); the grey
+    band is the equivalence margin. Left of zero the idea lowers the error."""
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(effects) + 2.4))
+    y = np.arange(len(effects))[::-1].astype(float)
+    x = effects["effect"].to_numpy()
+    ax.axvspan(-margin, margin, color="0.9", label=f"within {margin:g} years of no effect")
+    ax.axvline(0, color="0.3", lw=1)
+    ax.errorbar(x, y + 0.12, xerr=[x - effects["ci_low"], effects["ci_high"] - x], fmt="o", color="tab:blue",
+                capsize=3, label="95% CI, linear model over runs")
+    if "boot_low" in effects:
+        ax.errorbar(x, y - 0.12, xerr=[x - effects["boot_low"], effects["boot_high"] - x], fmt="s", ms=3,
+                    color="tab:orange", capsize=3, label="95% CI, bootstrap over runs and test faces")
+    ax.set_yticks(y, effects["what"])
+    ax.set(xlabel="effect on test MAE (years): with the idea minus without it",
+           title=f"What each idea does, averaged over the other three\n{caption_budget}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_figure(runs: pd.DataFrame, table: pd.DataFrame, margin: float) -> plt.Figure:
+    """Left: test MAE of the baseline and FADE-Net against training compute, each seed a dot.
+    Right: the difference FADE-Net minus baseline with its 95% interval at each budget."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for (name, group), colour in zip(runs.groupby("network", sort=False), ("tab:gray", "tab:blue")):
+        left.plot(group["epoch_equivalents"], group["test_mae"], "o", color=colour, alpha=0.6, ms=4)
+        mean = group.groupby("epoch_equivalents")["test_mae"].mean()
+        left.plot(mean.index, mean.values, "-", color=colour, label=f"{name} (line: mean over seeds)")
+    left.set(xlabel="training compute (epoch-equivalents)", ylabel="test MAE (years)",
+             title="Longer training, both networks")
+    left.legend(fontsize=8)
+    x = table["epoch_equivalents"].to_numpy()
+    d = table["fadenet_minus_baseline"].to_numpy()
+    right.axhspan(-margin, margin, color="0.9", label=f"within {margin:g} years of no effect")
+    right.axhline(0, color="0.3", lw=1)
+    right.errorbar(x, d, yerr=[d - table["ci_low"], table["ci_high"] - d], fmt="o", color="tab:blue", capsize=4,
+                   label="95% CI over seeds")
+    right.set(xlabel="training compute (epoch-equivalents)", ylabel="FADE-Net minus baseline (years)",
+              title="Does the verdict change with the budget?", xticks=x)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def seed_table(results: dict[tuple[str, str], float]) -> pd.DataFrame:
     """Rows = models (each seed, then the ensemble), columns = TTA modes, cells = test MAE."""
     models = list(dict.fromkeys(model for model, _ in results))
