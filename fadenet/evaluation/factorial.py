@@ -85,13 +85,9 @@ def run_factorial(cfg: Config, faces: FaceSet, split: Split, progress: bool = Tr
 def stored_runs(cfg: Config) -> pd.DataFrame:
     """The factorial's runs already in the store, without training any (chapter 07 reads them):
     one row per finished run, as :func:`run_factorial` gives them."""
-    rows = []
-    for seed in cfg.eval.factorial_seeds:
-        for cell in cells():
-            path = store_path(cfg) / f"{resolve(cell_config(cfg, cell, seed)).run_folder.name}.json"
-            if path.is_file():
-                rows.append({**json.loads(path.read_text()), **cell, "network": cell_name(cell)})
-    return pd.DataFrame(rows)
+    rows = [stored_row(cell_config(cfg, cell, seed), store_path(cfg), {**cell, "network": cell_name(cell)})
+            for seed in cfg.eval.factorial_seeds for cell in cells()]
+    return pd.DataFrame([r for r in rows if r is not None])
 
 
 def budget_caption(cfg: Config, faces: FaceSet, split: Split) -> str:
@@ -110,10 +106,11 @@ def stored_or_trained(cfg: Config, faces: FaceSet, split: Split, store: Path, la
     """The row of the run ``cfg`` describes (``labels``, then its seed, scores, compute and id):
     from ``store`` when a finished run left it there, else trained (or resumed) and then stored
     with its per-face test predictions."""
+    stored = stored_row(cfg, store, labels)
+    if stored is not None:
+        return stored
     run_id = resolve(cfg).run_folder.name
     row_path = store / f"{run_id}.json"
-    if row_path.is_file() and (store / f"{run_id}.csv.gz").is_file():
-        return {**json.loads(row_path.read_text()), **labels}
     run = train(cfg, faces, split, progress=progress)
     faces_path = run.folder / "test_predictions.csv"
     table = pd.read_csv(faces_path)
@@ -170,6 +167,15 @@ def transfer_table(runs: pd.DataFrame, level: float = 0.95, margin: float = MARG
     table["p_holm"] = multipletests(table["p"], alpha=1 - level, method="holm")[1]
     table["verdict"] = [verdict(r, level, margin) for r in table.to_dict("records")]
     return table.rename(columns={"effect": "fadenet_minus_baseline"})
+
+
+def stored_row(cfg: Config, store: Path, labels: dict) -> dict | None:
+    """The row a finished run of ``cfg`` left in ``store`` with its predictions, ``labels`` on top;
+    None when it has not finished."""
+    run_id = resolve(cfg).run_folder.name
+    if not ((store / f"{run_id}.json").is_file() and (store / f"{run_id}.csv.gz").is_file()):
+        return None
+    return {**json.loads((store / f"{run_id}.json").read_text()), **labels}
 
 
 def face_errors(runs: pd.DataFrame, store: Path) -> np.ndarray:
