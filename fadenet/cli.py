@@ -54,9 +54,11 @@ def cmd_factorial(args) -> None:
     from .evaluation import factorial
     cfg = _config(args)
     faces = prepare(cfg)
-    runs = factorial.run_factorial(cfg, faces, load_split(faces, cfg))
-    print(f"{len(runs)} runs stored in {cfg.shown(cfg.figures_path / 'predictions')}; "
-          f"mean test MAE {runs['test_mae'].mean():.3f}")
+    split = load_split(faces, cfg)
+    runs = factorial.run_factorial(cfg, faces, split)
+    transfer = factorial.run_transfer(cfg, faces, split)
+    print(f"{len(runs)} factorial and {len(transfer)} budget-transfer runs stored in "
+          f"{cfg.shown(factorial.store_path(cfg))}")
 
 
 def cmd_download(args) -> None:
@@ -243,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("factorial", help="train chapter 04's 16 networks x eval.factorial_seeds (resumes; "
-                                         "finished runs are read from <figures>/predictions/)")
+    p = sub.add_parser("factorial", help="train chapter 04's 16 networks x eval.factorial_seeds and its "
+                                         "budget-transfer runs (resumes; finished runs are read from "
+                                         "<figures>/predictions/)")
     _add_config_args(p)
     p.set_defaults(func=cmd_factorial)
 

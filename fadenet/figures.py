@@ -83,14 +83,31 @@ def _cell(v) -> str:
 
 
 # The tables README's results section collects, in order, under these headings (absent ones
-# are skipped, so the section grows as chapters are run).
+# are skipped, so the section grows as chapters are run): name, heading, and the columns and the
+# rows (a pandas query) README shows where it shows less than the whole table.
 RESULT_TABLES = [
-    ("00_shipped_model", "The shipped model (python -m fadenet ship)"),
-    ("03_time_to_accuracy", "Time to accuracy: validation MAE for the compute spent (notebook 03)"),
-    ("04_effects", "What each idea does (notebook 04)"),
-    ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)"),
-    ("07_targets", "Speed and INT8 targets (notebook 07)"),
+    ("00_shipped_model", "The shipped model (python -m fadenet ship)", None, None),
+    ("03_time_to_accuracy", "Time to accuracy: validation MAE for the compute spent (notebook 03)", None, None),
+    ("04_effects", "What each idea does: the 2^4 factorial (notebook 04)",
+     ["what", "effect", "ci_low", "ci_high", "boot_low", "boot_high", "verdict"], "not term.str.contains(':')"),
+    ("04_budget_transfer", "FADE-Net minus the baseline, longer training (notebook 04)",
+     ["epoch_equivalents", "baseline_test_mae", "fadenet_test_mae", "fadenet_minus_baseline", "verdict"], None),
+    ("05_seed_table", "Test-time augmentation and the seed ensemble (notebook 05)", None, None),
+    ("07_targets", "Speed and INT8 targets (notebook 07)", None, None),
 ]
+
+
+def _result_table(folder: Path, name: str, columns: list[str] | None, rows: str | None) -> str:
+    """A table as README shows it: the notebook's Markdown, or the chosen columns and rows of its
+    CSV under the same caption."""
+    md = (folder / f"{name}.md").read_text().strip()
+    if columns is None and rows is None:
+        return md
+    table = pd.read_csv(folder / f"{name}.csv")
+    if rows:
+        table = table.query(rows, engine="python")
+    caption = md.rsplit("\n\n", 1)[1] if "\n\n" in md else ""
+    return markdown_table(table[columns or list(table.columns)]) + (f"\n\n{caption}" if caption else "")
 
 
 class ReportError(RuntimeError):
@@ -105,8 +122,8 @@ def results_markdown(cfg: Config) -> str:
     """README's results section: each table of :data:`RESULT_TABLES` found under the profile's
     figures folder, with its heading and the caption its notebook wrote."""
     folder = cfg.figures_path / "tables"
-    parts = [f"#### {heading}\n\n{(folder / f'{name}.md').read_text().strip()}"
-             for name, heading in RESULT_TABLES if (folder / f"{name}.md").is_file()]
+    parts = [f"#### {heading}\n\n{_result_table(folder, name, columns, rows)}"
+             for name, heading, columns, rows in RESULT_TABLES if (folder / f"{name}.md").is_file()]
     return "\n\n".join(parts) or "_No results yet: run the notebooks (`make reproduce`)._"
 
 

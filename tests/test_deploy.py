@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -236,3 +237,13 @@ def test_simd_text_names_the_8_bit_instructions():
     assert simd_text({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI, AVX-512"
     assert simd_text({"avx2", "avx_vnni"}) == "AVX-VNNI, AVX2"
     assert simd_text(set()) == "SIMD unknown"
+
+
+def test_chapter_04_networks_map_to_the_variant_the_speed_table_times_by_their_switches():
+    from fadenet.deploy.report import timed_variant
+    row = lambda ca, msff, spp, dldl_v2: pd.Series({"ca": ca, "msff": msff, "spp": spp, "dldl_v2": dldl_v2})
+    assert timed_variant(row(False, False, False, False)) == "baseline"
+    assert timed_variant(row(False, False, True, False)) == "+spp"
+    assert timed_variant(row(True, True, True, True)) == "fadenet"
+    assert timed_variant(row(True, False, True, True)) == "-msff"
+    assert timed_variant(row(True, True, False, False)) is None  # two ideas on: no variant of its own

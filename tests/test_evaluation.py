@@ -1,4 +1,4 @@
-"""Evaluation: TTA views, ensembles, metrics, in- and cross-dataset evaluation, the ablation grid."""
+"""Evaluation: TTA views, ensembles, metrics, in- and cross-dataset evaluation, the runs later chapters take from the factorial."""
 from __future__ import annotations
 
 import subprocess
@@ -13,7 +13,6 @@ from fadenet.config import ModelConfig, load_config
 from fadenet.evaluation import cumulative_scores, mae_per_group, predictions_table
 from fadenet.model import predict_probs, rescale, tta_views
 from fadenet.evaluation import ablation
-from fadenet.evaluation.ablation import ablation_config, ablation_table, run_grid
 from fadenet.evaluation.evaluate import evaluate, load_ensemble, save_predictions
 from fadenet.model import build_model
 from fadenet.training import CheckpointError, train
@@ -213,118 +212,91 @@ def test_training_fraction_is_a_fixed_age_stratified_share_of_the_split(smoke_ru
     assert training_rows(faces, split, 1.0, 42) is split.train
 
 
-def test_ablation_configs_switch_one_idea_and_carry_seed_and_budget(smoke_run):
-    _, cfg = smoke_run
-    plus_ca = ablation_config(cfg, "+ca", 1337)
-    assert (plus_ca.model.ca, plus_ca.model.msff, plus_ca.model.spp, plus_ca.loss.dldl_v2) == (True, False, False, False)
-    assert plus_ca.train.seed == 1337 and plus_ca.train.fraction == cfg.eval.ablation_budget
-    assert cfg.model.ca and cfg.train.seed == 42, "the profile's config must not change"
-    with pytest.raises(KeyError, match=r"no variant '\+magic'"):
-        ablation_config(cfg, "+magic", 42)
-
-
-def test_the_grid_trains_each_run_once_and_reuses_finished_runs(smoke_run, monkeypatch):
+def test_seed_runs_train_each_run_once_and_reuse_the_factorials_runs(smoke_run, monkeypatch):
     from fadenet.data import load_split, prepare
+    from fadenet.evaluation.factorial import cell_config, cells
     _, cfg = smoke_run
     cfg = cfg.override({"eval.ablation_budget": 0.5})
     faces = prepare(cfg, progress=False)
     split = load_split(faces, cfg)
-    runs = run_grid(cfg, faces, split, variants=("baseline", "+spp"), progress=False)
-    assert list(zip(runs["variant"], runs["seed"])) == [("baseline", 42), ("+spp", 42), ("baseline", 1337), ("+spp", 1337)]
+    baseline = cells()[0]
+    runs = ablation.seed_runs(cfg, faces, split, baseline, seeds=(42, 1337), progress=False)
+    assert list(zip(runs["network"], runs["seed"])) == [("baseline", 42), ("baseline", 1337)]
     assert runs["run"].is_unique and (runs["trained on"] == round(len(split.train) / 2)).all()
-    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished ablation run was trained again"))
-    again = run_grid(cfg, faces, split, variants=("baseline", "+spp"), progress=False)
+    # the factorial's run of the same cell and seed is the same run folder, not a second training
+    assert train(cell_config(cfg, baseline, 1337)).meta["run_id"] == runs["run"].iloc[1]
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
+    again = ablation.seed_runs(cfg, faces, split, baseline, seeds=(42, 1337), progress=False)
     pd.testing.assert_frame_equal(again, runs)
-    table = ablation_table(runs, cfg, size=64).set_index("variant")
-    assert table.loc["+spp", "parameters"] > table.loc["baseline", "parameters"]
-    assert table.loc["baseline", "test MAE mean"] == pytest.approx(
-        runs.loc[runs["variant"] == "baseline", "test MAE"].mean())
-    assert (table["seeds"] == 2).all() and table["test MAE std"].notna().all()
 
 
-def test_variant_networks_are_built_on_the_backbone_training_resolves(monkeypatch):
+def test_best_by_validation_picks_the_lowest_mean_validation_mae_not_test(monkeypatch):
+    from fadenet.evaluation.factorial import cells
+    rows = [{**cell, "seed": seed, "val_mae": 5.0 + 0.01 * k + (0.3 if k == 5 and seed == 2 else 0.0),
+             "test_mae": 6.0 - 0.01 * k} for k, cell in enumerate(cells()) for seed in (1, 2)]
+    rows[2 * 5]["val_mae"] = 4.0  # cell 5: mean (4.0 + 5.35) / 2 = 4.675, the lowest; test favours cell 15
+    monkeypatch.setattr(ablation, "run_factorial", lambda cfg, faces, split: pd.DataFrame(rows))
+    assert ablation.best_by_validation(None, None, None) == cells()[5]
+
+
+def test_factorial_networks_are_built_on_the_backbone_training_resolves(monkeypatch):
     import fadenet.resolve as resolve_module
+    from fadenet.evaluation.factorial import cell_config
+    from fadenet.resolve import resolve
     monkeypatch.setattr(resolve_module, "resolve_backbone", lambda cfg: "mobilenet_v2")
-    net = ablation.variant_network(load_config("smoke", "model.backbone=auto"), "+spp")
+    cell = {"ca": False, "msff": False, "spp": True, "dldl_v2": False}
+    net = resolve(cell_config(load_config("smoke", "model.backbone=auto"), cell, 0)).network(weights=False)
     assert net.meta["backbone"] == "mobilenet_v2" and net.spp is not None and net.fusion is None
 
 
-def test_learnt_compares_each_variant_with_the_median_predictor_and_its_spread():
-    table = pd.DataFrame({"variant": ["baseline", "fadenet", "+spp"], "test MAE mean": [13.3, 7.0, 13.2],
-                          "test MAE std": [0.05, 0.1, np.nan]})
-    assert ablation.learnt(table, floor=13.25) == [
-        "baseline: test MAE 13.30 ± 0.05; did not beat the median-age predictor (13.25).",
-        "fadenet: test MAE 7.00 ± 0.10; learnt (13.25).",
-        "+spp: test MAE 13.20 (1 seed); did not beat the median-age predictor (13.25)."]
 
 
-def test_t_interval_matches_a_hand_computation():
-    # mean -0.2, sd 0.1, n 3: half width t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735 = 0.248414
-    low, high = ablation.t_interval(np.array([-0.3, -0.1, -0.2]))
-    assert (low, high) == pytest.approx((-0.448414, 0.048414), abs=1e-6)
-    assert np.isnan(ablation.t_interval(np.array([-0.3]))[0])
+def test_group_findings_name_the_hardest_group_and_the_pull_toward_the_middle():
+    from fadenet.evaluation.report import group_findings
+    table = pd.DataFrame({"age_group": ["0-9", "30-39", "70-80"], "faces": [10, 1200, 30],
+                          "MAE": [2.5, 4.0, 7.25], "mean error": [1.5, 0.2, -6.0]})
+    assert group_findings(table) == [
+        "MAE is lowest at ages 0-9 (2.50 years, 10 faces) and highest at ages 70-80 (7.25, 30 faces).",
+        "Predicted too old by more than 1 year on average: ages 0-9 (+1.5).",
+        "Predicted too young by more than 1 year on average: ages 70-80 (-6.0).",
+        "The youngest are aged up and the oldest aged down: predictions are pulled toward the middle of the age range."]
+    assert len(group_findings(table.assign(**{"mean error": [0.5, 0.2, -0.5]}))) == 1
 
 
-def test_bootstrap_interval_is_paired_by_face_and_matches_normal_theory():
-    rng = np.random.default_rng(1)
-    truth = rng.normal(0, 5, 4000)
-    # the same faces, one model 0.5 years better on every face: no face-to-face noise in the gap
-    assert ablation.bootstrap_interval([(truth * 0.9, truth * 0.9 + 0.5 * np.sign(truth))]) == pytest.approx((-0.5, -0.5))
-    # a gap that is N(-0.3, 1) per face: the interval is -0.3 +- 1.96 / sqrt(4000) = +-0.031
-    a = np.abs(rng.normal(3, 1, 4000))
-    b = a + rng.normal(0.3, 1, 4000)
-    low, high = ablation.bootstrap_interval([(a, b)], resamples=4000)
-    gap = (a - b).mean()
-    assert (high - low) / 2 == pytest.approx(1.96 * (a - b).std() / np.sqrt(4000), rel=0.15)
-    assert low < gap < high
-    with pytest.raises(ValueError, match="same test faces"):
-        ablation.bootstrap_interval([(a, b[:-1])])
+def test_protocol_findings_compare_kfold_with_the_split_at_equal_training_faces():
+    from fadenet.evaluation.report import protocol_findings
+    kfold = [5.6, 5.8, 5.7, 5.9, 5.5]  # mean 5.7, sd 0.158
+    table = pd.DataFrame([
+        {"protocol": "80-10-10", "rotation": "", "train / val / test faces": "10,656 / 1,333 / 1,333", "test MAE": "5.300"},
+        {"protocol": "80-10-10, training faces as many as kfold's", "rotation": "",
+         "train / val / test faces": "7,993 / 1,333 / 1,333", "test MAE": "5.400"},
+        *[{"protocol": "kfold", "rotation": r, "train / val / test faces": "7,994 / 2,664 / 2,664",
+           "test MAE": f"{v:.3f}"} for r, v in enumerate(kfold)],
+        {"protocol": "kfold", "rotation": "mean ± std", "train / val / test faces": "", "test MAE": "5.700 ± 0.158"}])
+    first, second = protocol_findings(table)
+    assert first == ("At equal training faces the 80-10-10 split scores 5.400 (7,993 / 1,333 / 1,333 train / val / "
+                     "test faces) and the five kfold rotations 5.700 ± 0.158: a gap of +0.300 years, within two "
+                     "standard deviations of the rotations.")
+    assert "not comparable" in second and "5.300" in second
 
 
-def test_paired_effects_pair_seeds_orient_leave_one_out_and_word_the_finding(tmp_path):
-    rng = np.random.default_rng(0)
-    ages = rng.integers(0, 80, 300)
-    rows = []
-
-    def run(name, seed, mae, noise):
-        folder = tmp_path / f"{name}-{seed}"
-        folder.mkdir()
-        predicted = ages + noise
-        pd.DataFrame({"row": np.arange(300), "age": ages, "predicted": predicted}).to_csv(
-            folder / "test_predictions.csv", index=False)
-        rows.append({"variant": name, "seed": seed, "test MAE": mae, "checkpoint": str(folder / "best.pt")})
-
-    for seed, (base, ca, fade, no_ca) in zip((1, 2, 3), [(6.0, 5.7, 5.0, 5.3), (6.1, 5.85, 5.1, 5.35),
-                                                         (5.9, 5.55, 4.9, 5.25)]):
-        for name, mae in [("baseline", base), ("+ca", ca), ("fadenet", fade), ("-ca", no_ca)]:
-            run(name, seed, mae, rng.normal(0, mae, 300))
-    run("+spp", 1, 5.9, rng.normal(0, 5.9, 300))  # one seed only: its interval is the bootstrap's
-    effects = ablation.paired_effects(pd.DataFrame(rows), resamples=500).set_index("with")
-    ca = effects.loc["+ca"]
-    # +ca - baseline per seed: -0.3, -0.25, -0.35: mean -0.3, sd 0.05, half width 4.302653 * 0.05 / sqrt(3)
-    assert (ca["without"], ca["seeds"], ca["effect (years)"]) == ("baseline", 3, pytest.approx(-0.3))
-    assert (ca["t low"], ca["t high"]) == pytest.approx((-0.3 - 0.124207, -0.3 + 0.124207), abs=1e-5)
-    assert ca["finding"] == ("ca (the baseline with it against without) lowers MAE by 0.30 years "
-                             "(95% CI over 3 seeds: -0.42 to -0.18)")
-    # leave one out: the idea's effect is FADE-Net - (FADE-Net without it) = -0.3 on every seed
-    no_ca = effects.loc[effects["without"] == "-ca"].iloc[0]
-    assert (no_ca.name, no_ca["effect (years)"], no_ca["idea"]) == ("fadenet", pytest.approx(-0.3),
-                                                                    "ca (FADE-Net with it against without)")
-    spp = effects.loc["+spp"]
-    assert spp["seeds"] == 1 and np.isnan(spp["t low"]) and spp["bootstrap low"] < spp["bootstrap high"]
-    assert "95% bootstrap CI over test faces, 1 seed" in spp["finding"]
-    all_four = effects.loc[effects["without"] == "baseline"].loc["fadenet"]
-    assert all_four["effect (years)"] == pytest.approx(-1.0)
-    summary = ablation.effects_summary(effects.reset_index()).set_index("idea")
-    assert summary.loc[ca["idea"], ["95% low", "interval"]].tolist() == [pytest.approx(ca["t low"]), "t over seeds"]
-    assert summary.loc[spp["idea"], ["95% high", "interval"]].tolist() == [spp["bootstrap high"],
-                                                                          "bootstrap over test faces"]
-
-
-def test_effect_sentences_say_when_nothing_is_detectable():
-    row = {"idea": "spp (the baseline with it against without)", "seeds": 3, "effect (years)": -0.05, "t low": -0.2, "t high": 0.1,
-           "bootstrap low": np.nan, "bootstrap high": np.nan}
-    assert ablation.effect_sentence(row) == ("spp (the baseline with it against without): no effect detectable at "
-                                             "this budget (-0.05 years, 95% CI over 3 seeds: -0.20 to +0.10)")
-    assert ablation.effect_sentence({**row, "effect (years)": 0.3, "t low": 0.1, "t high": 0.5}).startswith(
-        "spp (the baseline with it against without) raises MAE by 0.30 years")
+def test_literature_rows_name_split_and_subject_exclusivity_and_list_a_model_once():
+    from fadenet.evaluation.report import LITERATURE, literature_table, measured_rows
+    cfg = load_config("smoke")
+    seeds = pd.DataFrame({"model": ["seed 42", "seed 1337", "ensemble"], "test MAE, TTA none": [5.4, 5.5, 5.3],
+                          "test MAE, TTA multi": [5.2, 5.3, 5.1]})
+    full = {"method": "FADE-Net, chapter 03 model", "backbone": "mobilenet_v2", "parameters": 4_841_463,
+            "tta": {"none": 5.4, "multi": 5.2}, "same_as_first_seed": True}
+    rows = measured_rows(cfg, "aaf", "FADE-Net", "mobilenet_v2", seeds, None, 4_841_463, subjects=False, full=full)
+    table = literature_table(rows)
+    measured = table.iloc[len(LITERATURE):]
+    # chapter 03's model is the first seed's run: its no-TTA row appears once, not also as "seed 42"
+    assert measured["method"].tolist() == ["FADE-Net, chapter 03 model, TTA none", "FADE-Net, chapter 03 model, TTA multi",
+                                           "FADE-Net (this workbook), ensemble of 2 seeds, TTA multi"]
+    assert set(measured["subject-exclusive"]) == {"no: All-Age-Faces (AAF) names no subjects"}
+    assert not table.duplicated(["method", "dataset", "split"]).any()
+    assert table.set_index("method").loc["ResNet-50 / FaRL (unified benchmark)", "subject-exclusive"] == "yes"
+    again = measured_rows(cfg, "aaf", "FADE-Net", "mobilenet_v2", seeds, None, 1, subjects=True,
+                          full={**full, "same_as_first_seed": False})
+    assert [r["method"] for r in again][-1] == "FADE-Net (this workbook), seed 42, no TTA"
+    assert {r["subject-exclusive"] for r in again} == {"yes"}

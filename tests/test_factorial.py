@@ -41,6 +41,8 @@ def test_cell_config_sets_every_switch_and_the_budget():
     run_cfg = factorial.cell_config(cfg, {"ca": True, "msff": False, "spp": True, "dldl_v2": False}, 7)
     assert (run_cfg.model.ca, run_cfg.model.msff, run_cfg.model.spp, run_cfg.loss.dldl_v2) == (True, False, True, False)
     assert run_cfg.train.seed == 7 and run_cfg.train.fraction == cfg.eval.ablation_budget
+    # a copy: the profile's config keeps its own switches and seed for the next cell
+    assert (cfg.model.ca, cfg.model.msff, cfg.model.spp, cfg.train.seed) == (True, True, True, 42)
 
 
 def test_contrasts_are_differences_of_cell_means():
@@ -143,3 +145,15 @@ def test_transfer_table_pairs_seeds_and_computes_the_t_interval_by_hand():
                                         factorial.one_at_a_time(_runs({"ca": -0.3}, noise=0.01)), table.reset_index())
     assert "the verdict changes with the budget" in summary
     assert "Coordinate attention: lowers MAE by 0.3" in summary
+
+
+def test_transfer_runs_stretch_each_budget_from_the_profiles_epochs(monkeypatch):
+    cfg = load_config("smoke", "train.epochs=2", "eval.transfer_seeds=[42,1337,7]", "eval.transfer_scales=[1,3]")
+    seen = []
+    monkeypatch.setattr(factorial, "stored_or_trained", lambda run_cfg, faces, split, store, labels, progress: seen.append(
+        (labels["network"], labels["scale"], run_cfg.train.seed, run_cfg.train.epochs)) or {})
+    factorial.run_transfer(cfg, None, None, progress=False)
+    # every job's epochs are the profile's times its scale: nothing compounds from job to job
+    assert seen == [(net, scale, seed, 2 * scale) for scale in (1, 3) for seed in (42, 1337, 7)
+                    for net in ("baseline", "FADE-Net")]
+    assert cfg.train.epochs == 2 and cfg.train.seed == 42

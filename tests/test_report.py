@@ -12,7 +12,7 @@ from fadenet.figures import (HEADLINE_END, HEADLINE_START, RESULTS_END, RESULTS_
 
 def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
-    save_table(pd.DataFrame({"idea": ["spp"], "effect (years)": [-0.5]}), "04_effects", cfg, "made here")
+    save_table(pd.DataFrame({"model": ["seed 42"], "test MAE, TTA none": [-0.5]}), "05_seed_table", cfg, "made here")
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n{HEADLINE_START}\nold line\n{HEADLINE_END}\n\n## Results\n{RESULTS_START}\nold text\n"
                       f"{RESULTS_END}\n\n## After\nkept\n")
@@ -20,7 +20,7 @@ def test_the_report_copies_each_table_with_its_heading_and_caption(tmp_path):
     text = readme.read_text()
     assert "old text" not in text and text.endswith("## After\nkept\n") and text.startswith("# title")
     section = text.split(RESULTS_START)[1].split(RESULTS_END)[0]
-    assert "#### What each idea does (notebook 04)" in section and "| spp | -0.500 |" in section
+    assert "#### Test-time augmentation and the seed ensemble (notebook 05)" in section and "| seed 42 | -0.500 |" in section
     assert "_made here_" in section
     assert "Training (notebook 03)" not in section, "absent tables are skipped"
     assert "old line" not in text and "No shipped model measured yet" in text
@@ -71,3 +71,18 @@ def test_reproducing_lists_every_table_with_its_caption(tmp_path):
 def test_the_committed_reproducing_is_what_the_tables_generate():
     assert (ROOT / "REPRODUCING.md").read_text() == reproducing_markdown(load_config("reference")), \
         "REPRODUCING.md differs from figures/tables/: run `python -m fadenet report`"
+
+
+def test_readme_shows_the_chosen_columns_and_rows_of_a_table_under_its_caption(tmp_path):
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    effects = pd.DataFrame({"term": ["ca", "ca:spp"], "what": ["coordinate attention", "coordinate attention x SPP"],
+                            "effect": [0.01, -0.02], "ci_low": [-0.03, -0.06], "ci_high": [0.05, 0.02],
+                            "boot_low": [-0.04, -0.07], "boot_high": [0.06, 0.03], "p_holm": [1.0, 1.0],
+                            "verdict": ["equivalent", "undecided"]})
+    save_table(effects, "04_effects", cfg, "data: AAF | profile reference")
+    section = results_markdown(cfg)
+    assert section.splitlines()[2:6] == [
+        "| what | effect | ci_low | ci_high | boot_low | boot_high | verdict |", "|---|---|---|---|---|---|---|",
+        "| coordinate attention | 0.010 | -0.030 | 0.050 | -0.040 | 0.060 | equivalent |",
+        "", ]
+    assert section.endswith("_data: AAF | profile reference_") and "x SPP" not in section and "p_holm" not in section

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..config import Config
 from ..figures import save_table
-from ..model.variants import VANILLA
+from ..model.variants import ABLATION, LEAVE_ONE_OUT, SWITCHES, VANILLA, names, variant
 from .int8 import Int8Study
 from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, same_network
 
@@ -110,15 +110,11 @@ def speed_claims(table: pd.DataFrame, hardware: str) -> pd.DataFrame:
     ], columns=["claim", "reported", "reported hardware", "reported in", "measured here (FADE-Net)", "hardware here"])
 
 
-def load_ablation(cfg: Config) -> pd.DataFrame | None:
-    """Notebook 04's ablation table (test MAE per variant), or None before notebook 04 has run."""
-    path = cfg.figures_path / "tables" / "04_ablation.csv"
-    return pd.read_csv(path) if path.is_file() else None
-
-
-def speed_figure(table: pd.DataFrame, ablation: pd.DataFrame | None, batch: int = 1) -> plt.Figure:
+def speed_figure(table: pd.DataFrame, accuracy: pd.DataFrame | None, batch: int = 1) -> plt.Figure:
     """Images/s at ``batch`` against parameters (left; PyTorch eager and each network's fastest
-    back-end) and against the test MAE of notebook 04's ablation (right)."""
+    back-end) and against test MAE (right): ``accuracy`` has one row per network of chapter 04
+    (its name in words, its four switches, "test MAE mean" and "test MAE std"), None before
+    chapter 04 has run."""
     fastest = [best_backend(table, name, batch) for name in dict.fromkeys(table["model"])]
     best = pd.DataFrame([row for row in fastest if row is not None])
     eager = table[(table["backend"] == EAGER) & (table["batch"] == batch)].set_index("model")
@@ -134,29 +130,40 @@ def speed_figure(table: pd.DataFrame, ablation: pd.DataFrame | None, batch: int 
     left.set(xlabel="parameters (millions)", ylabel=f"images/s (batch {batch})", yscale="log",
              title="speed against size")
     left.legend(fontsize=8)
-    _mae_panel(right, best, ablation, batch)
+    _mae_panel(right, best, accuracy, batch)
     fig.tight_layout()
     return fig
 
 
-def _mae_panel(ax: plt.Axes, best: pd.DataFrame, ablation: pd.DataFrame | None, batch: int) -> None:
-    ax.set(title="speed against accuracy", xlabel="test MAE (years), notebook 04", ylabel=f"images/s (batch {batch})")
-    if ablation is None:
-        ax.text(0.5, 0.5, "no test MAE yet:\nfigures/tables/04_ablation.csv is absent\n(run notebook 04)",
+def _mae_panel(ax: plt.Axes, best: pd.DataFrame, accuracy: pd.DataFrame | None, batch: int) -> None:
+    ax.set(title="speed against accuracy", xlabel="test MAE (years), chapter 04", ylabel=f"images/s (batch {batch})")
+    if accuracy is None or accuracy.empty:
+        ax.text(0.5, 0.5, "no test MAE yet:\nchapter 04 has stored no runs\n(run notebook 04)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.4")
         return
     speed = best.set_index("model")["images/s"]
     aliases = same_network()
     shown = 0
-    for _, row in ablation.iterrows():
-        timed = aliases.get(row["variant"], row["variant"])
+    for _, row in accuracy.iterrows():
+        name = timed_variant(row)
+        timed = aliases.get(name, name)
         if timed not in speed.index:
             continue
         ax.errorbar(row["test MAE mean"], speed[timed], xerr=np.nan_to_num(row.get("test MAE std", 0.0)), fmt="o",
                     color="tab:blue", capsize=3)
-        ax.annotate(row["variant"], (row["test MAE mean"], speed[timed]), fontsize=7, xytext=(4, 3),
+        ax.annotate(row["network"], (row["test MAE mean"], speed[timed]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
         shown += 1
     if not shown:
-        ax.text(0.5, 0.5, "no variant of the ablation was timed here", ha="center", va="center",
+        ax.text(0.5, 0.5, "no network of chapter 04 was timed here", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
+
+
+def timed_variant(row: pd.Series) -> str | None:
+    """The name the speed table times a chapter 04 network under: the variant whose switches are
+    the row's (columns named by each switch's last part: ca, msff, spp, dldl_v2)."""
+    for name in names(ABLATION, LEAVE_ONE_OUT):
+        settings = variant(name).settings
+        if all(bool(row[key.rsplit(".", 1)[-1]]) == settings[key] for key in SWITCHES):
+            return name
+    return None

@@ -16,6 +16,7 @@ it already holds.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from pathlib import Path
@@ -65,9 +66,10 @@ def term_name(term: str) -> str:
 
 def cell_config(cfg: Config, cell: dict[str, bool], seed: int) -> Config:
     """The profile's config with FADE-Net's ideas switched as in ``cell``, the seed, and the share
-    of the training split ``eval.ablation_budget`` (1 in the reference profile: the whole split)."""
-    return cfg.override({"model.arch": "fadenet", **{IDEAS[i][0]: on for i, on in cell.items()},
-                         "train.seed": seed, "train.fraction": cfg.eval.ablation_budget})
+    of the training split ``eval.ablation_budget`` (1 in the reference profile: the whole split);
+    a copy, ``cfg`` is left as it was."""
+    return copy.deepcopy(cfg).override({"model.arch": "fadenet", **{IDEAS[i][0]: on for i, on in cell.items()},
+                                        "train.seed": seed, "train.fraction": cfg.eval.ablation_budget})
 
 
 def run_factorial(cfg: Config, faces: FaceSet, split: Split, progress: bool = True) -> pd.DataFrame:
@@ -281,13 +283,18 @@ def verdict(row: dict, level: float = 0.95, margin: float = MARGIN) -> str:
 
 def one_at_a_time(runs: pd.DataFrame) -> pd.DataFrame:
     """The paper's rows (baseline, baseline + one idea, FADE-Net, FADE-Net without one idea) read
-    off the factorial's cells: mean and spread of test MAE over the seeds."""
+    off the factorial's cells (those ``runs`` hold), with their switches: mean and spread of test
+    MAE over the seeds."""
+    if runs.empty:
+        return pd.DataFrame()
     rows = []
     for cell in cells():
         if sum(cell.values()) in (0, 1, 3, 4):
             mask = np.logical_and.reduce([runs[i].astype(bool) == on for i, on in cell.items()])
             mae = runs.loc[mask, "test_mae"]
-            rows.append({"network": cell_name(cell), "ideas on": sum(cell.values()), "seeds": len(mae),
+            if mae.empty:
+                continue
+            rows.append({"network": cell_name(cell), "ideas on": sum(cell.values()), **cell, "seeds": len(mae),
                          "test MAE mean": mae.mean(), "test MAE std": mae.std(ddof=1) if len(mae) > 1 else np.nan,
                          "val MAE mean": runs.loc[mask, "val_mae"].mean()})
     return pd.DataFrame(rows).sort_values(["ideas on", "network"], kind="stable", ignore_index=True)
@@ -330,7 +337,7 @@ def chapter_summary(effects: pd.DataFrame, rows: pd.DataFrame, transfer: pd.Data
                  "- Interactions detected: " + "; ".join(f"{r['what']} {r['verdict']}" for r in found.to_dict("records")) + ".")
     if transfer is not None:
         kinds = transfer["verdict"].map(verdict_kind)
-        steps = "; ".join(f"at {r['epoch_equivalents']:g} epoch-equivalents it {r['verdict']}"
+        steps = "; ".join(f"at {r['epoch_equivalents']:.3g} epoch-equivalents, {r['verdict']}"
                           for r in transfer.to_dict("records"))
         same = "the verdict is the same at every budget" if kinds.nunique() == 1 else "the verdict changes with the budget"
         lines.append(f"- FADE-Net minus the baseline: {steps}; {same}.")

@@ -9,56 +9,24 @@ from ..config import Config
 from ..data.sources import SOURCE_NAMES
 from .metrics import cumulative_scores, mae_per_group
 
-# The FADE-Net README's AFAD table (stratified 80-10-10): reported there, not measured here.
+# The FADE-Net README's AFAD table (reported there, not measured here): method, backbone, MAE,
+# parameters, where it is reported, the split, whether the split keeps each person's images in
+# one part (AFAD names no subjects, so an image split cannot).
+_README = "as listed in the FADE-Net README (each paper's own split)"
 LITERATURE = [
-    ("FADE-Net, ensemble of seeds 42 + 1337, multi-scale TTA", "MobileNetV3-Large", 3.02, "4.84M", "FADE-Net README"),
-    ("FADE-Net, seed 1337", "MobileNetV3-Large", 3.057, "4.84M", "FADE-Net README"),
-    ("FADE-Net, seed 42", "MobileNetV3-Large", 3.095, "4.84M", "FADE-Net README"),
-    ("GRANET", "ResNet-50", 3.10, "~25.5M", "Garain et al., IEEE Access 2021, via FADE-Net README"),
-    ("CDCNN", "multi-task CNN", 3.11, "-", "Zhang et al., CVPR 2018, via FADE-Net README"),
-    ("OR-CNN", "VGG-16", 3.34, "138M", "Niu et al., CVPR 2016, via FADE-Net README"),
-    ("RAN", "ResNet-34", 3.42, "~21.8M", "Wang et al., CVPR 2017, via FADE-Net README"),
-    ("CORAL", "ResNet-34", 3.48, "~21.8M", "Cao et al., PRL 2020, via FADE-Net README"),
-    ("DEX", "VGG-16", 3.80, "138M", "Rothe et al., ICCVW 2015, via FADE-Net README"),
+    ("FADE-Net, ensemble of seeds 42 + 1337, multi-scale TTA", "MobileNetV3-Large", 3.02, "4.84M", "FADE-Net README",
+     "stratified 80-10-10", "no"),
+    ("FADE-Net, seed 1337", "MobileNetV3-Large", 3.057, "4.84M", "FADE-Net README", "stratified 80-10-10", "no"),
+    ("FADE-Net, seed 42", "MobileNetV3-Large", 3.095, "4.84M", "FADE-Net README", "stratified 80-10-10", "no"),
+    ("GRANET", "ResNet-50", 3.10, "~25.5M", "Garain et al., IEEE Access 2021, via FADE-Net README", _README, "not stated"),
+    ("CDCNN", "multi-task CNN", 3.11, "-", "Zhang et al., CVPR 2018, via FADE-Net README", _README, "not stated"),
+    ("OR-CNN", "VGG-16", 3.34, "138M", "Niu et al., CVPR 2016, via FADE-Net README", _README, "not stated"),
+    ("RAN", "ResNet-34", 3.42, "~21.8M", "Wang et al., CVPR 2017, via FADE-Net README", _README, "not stated"),
+    ("CORAL", "ResNet-34", 3.48, "~21.8M", "Cao et al., PRL 2020, via FADE-Net README", _README, "not stated"),
+    ("DEX", "VGG-16", 3.80, "138M", "Rothe et al., ICCVW 2015, via FADE-Net README", _README, "not stated"),
     ("ResNet-50 / FaRL (unified benchmark)", "ResNet-50, ViT-B", "3.12-3.20", "~25M / ~86M",
-     "Paplham et al., CVPR 2024 (subject-aware 5-split protocol)"),
+     "Paplham et al., CVPR 2024", "5 subject-aware splits", "yes"),
 ]
-
-
-def ablation_figure(table: pd.DataFrame, floor: float, caption_budget: str) -> plt.Figure:
-    """Test MAE (mean and std over seeds) of each variant, with the median-age predictor's MAE
-    as the line a model that learnt nothing would sit on."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.6))
-    y = np.arange(len(table))[::-1]
-    colours = np.where(table["init"].str.contains("imagenet"), "tab:green", "tab:gray")
-    ax.barh(y, table["test MAE mean"], xerr=table["test MAE std"].fillna(0), color=colours, alpha=0.8, capsize=3)
-    for yi, value in zip(y, table["test MAE mean"]):
-        ax.text(value + 0.1, yi, f"{value:.2f}", va="center", fontsize=8)
-    ax.axvline(floor, color="tab:red", ls="--", lw=1, label=f"median-age predictor ({floor:.2f})")
-    ax.set_yticks(y, [f"{v} ({b}, {i})" for v, b, i in zip(table["variant"], table["backbone"], table["init"])])
-    ax.set(xlabel="test MAE (years), mean ± std over seeds", title=f"Ablation under one budget: {caption_budget}")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def effects_figure(summary: pd.DataFrame, caption_budget: str) -> plt.Figure:
-    """Each idea's effect on test MAE (with it - without it) with the 95% interval of
-    :func:`fadenet.evaluation.ablation.effects_summary`. Left of zero the idea helps."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.6))
-    y = np.arange(len(summary))[::-1]
-    low, high = summary["95% low"].to_numpy(dtype=float), summary["95% high"].to_numpy(dtype=float)
-    x = summary["effect (years)"].to_numpy()
-    known = ~np.isnan(low)
-    ax.errorbar(x[known], y[known], xerr=[x[known] - low[known], high[known] - x[known]], fmt="o",
-                color="tab:blue", capsize=3)
-    ax.plot(x[~known], y[~known], "o", color="tab:gray")
-    ax.axvline(0, color="0.3", lw=1)
-    ax.set_yticks(y, [f"{i} (n={n})" for i, n in zip(summary["idea"], summary["seeds"])])
-    ax.set(xlabel="effect on test MAE (years): with the idea - without it; 95% interval",
-           title=f"What each idea does: {caption_budget}")
-    fig.tight_layout()
-    return fig
 
 
 def cells_figure(rows: pd.DataFrame, runs: pd.DataFrame, caption_budget: str) -> plt.Figure:
@@ -176,20 +144,20 @@ def error_figures(table: pd.DataFrame, label: str) -> plt.Figure:
 
 def literature_table(measured: list[dict]) -> pd.DataFrame:
     """The README's AFAD numbers in a "reported" column and this workbook's in a "measured here"
-    column, each row naming its dataset, protocol and source, so that no number is read as the
-    other kind."""
-    rows = [{"method": m, "backbone": b, "dataset": "AFAD", "protocol": "stratified 80-10-10"
-             if "5-split" not in s else "subject-aware 5 splits", "reported MAE": mae, "measured here": "",
-             "parameters": p, "source": s} for m, b, mae, p, s in LITERATURE]
-    rows += [{"method": r["method"], "backbone": r["backbone"], "dataset": r["dataset"], "protocol": r["protocol"],
-              "reported MAE": "", "measured here": r["MAE"], "parameters": r["parameters"],
-              "source": r["source"]} for r in measured]
+    column, each row naming its dataset, split, whether that split is subject-exclusive and its
+    source, so that no number is read as the other kind."""
+    rows = [{"method": m, "backbone": b, "dataset": "AFAD", "split": split, "subject-exclusive": exclusive,
+             "reported MAE": mae, "measured here": "", "parameters": p, "source": s}
+            for m, b, mae, p, s, split, exclusive in LITERATURE]
+    rows += [{"method": r["method"], "backbone": r["backbone"], "dataset": r["dataset"], "split": r["protocol"],
+              "subject-exclusive": r["subject-exclusive"], "reported MAE": "", "measured here": r["MAE"],
+              "parameters": r["parameters"], "source": r["source"]} for r in measured]
     return pd.DataFrame(rows)
 
 
 def budget_text(cfg: Config, trained_on: int, split_train: int) -> str:
     return (f"each run learns from {trained_on:,} of the "
-            f"{split_train:,} training faces, {cfg.train.epochs} epochs, {cfg.data.size}px")
+            f"{split_train:,} training faces, {cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}, {cfg.data.size}px")
 
 
 def dataset_name(source: str) -> str:
@@ -211,17 +179,22 @@ def tta_findings(seeds: pd.DataFrame) -> list[str]:
 
 
 def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: pd.DataFrame,
-                  protocols: pd.DataFrame | None, parameters: int, full: dict | None = None,
+                  protocols: pd.DataFrame | None, parameters: int, subjects: bool, full: dict | None = None,
                   kfold_variant: str | None = None) -> list[dict]:
-    """This workbook's numbers for the literature table, each naming data, protocol and profile.
+    """This workbook's numbers for the literature table, each naming data, split and profile.
     ``protocols`` (of ``kfold_variant``, default ``variant``) adds the kfold mean, if given.
-    ``full`` adds chapter 03's model (trained on the whole training split): a dict with its
-    ``method`` label, ``backbone``, ``parameters`` and its test MAE per TTA mode (``tta``)."""
-    where = f"measured here: profile {cfg.profile}, {cfg.eval.ablation_budget:g} of the training split per run, notebook 05"
+    ``subjects``: whether the dataset names subjects (then every split keeps a person's images in
+    one part). ``full`` adds chapter 03's model: a dict with its ``method`` label, ``backbone``,
+    ``parameters``, its test MAE per TTA mode (``tta``) and ``same_as_first_seed`` (True when it
+    is the first seed's run itself, whose no-TTA row is then not listed twice)."""
+    share = f"{cfg.eval.ablation_budget:.0%} of the training split per run"
+    where = f"measured here: profile {cfg.profile}, {share}, notebook 05"
+    exclusive = "yes" if subjects else f"no: {dataset_name(source)} names no subjects"
     by_model = seeds.set_index("model")
     single = by_model.index[0]
     rows = [{"method": f"{variant} (this workbook), ensemble of {len(by_model) - 1} seeds, TTA multi",
              "MAE": round(by_model.loc["ensemble", "test MAE, TTA multi"], 3)} if "ensemble" in by_model.index else None,
+            None if full and full.get("same_as_first_seed") else
             {"method": f"{variant} (this workbook), {single}, no TTA",
              "MAE": round(by_model.loc[single, "test MAE, TTA none"], 3)}]
     rows = [dict(r, protocol=f"stratified {cfg.data.split}") for r in rows if r]
@@ -235,4 +208,39 @@ def measured_rows(cfg: Config, source: str, variant: str, backbone: str, seeds: 
         rows = [{"method": f"{full['method']}, TTA {mode}", "MAE": round(mae, 3), "protocol": f"stratified {cfg.data.split}",
                  "backbone": full["backbone"], "parameters": f"{full['parameters'] / 1e6:.2f}M", "source": chapter03}
                 for mode, mae in full["tta"].items()] + rows
-    return [dict(r, dataset=dataset_name(source)) for r in rows]
+    return [dict(r, dataset=dataset_name(source), **{"subject-exclusive": exclusive}) for r in rows]
+
+
+def group_findings(per_group: pd.DataFrame, bias: float = 1.0) -> list[str]:
+    """Where the errors are, in sentences computed from :func:`mae_per_group`: the easiest and
+    hardest age group, and the groups predicted too old or too young by more than ``bias`` years."""
+    g = per_group.set_index("age_group")
+    low, high = g["MAE"].idxmin(), g["MAE"].idxmax()
+    lines = [f"MAE is lowest at ages {low} ({g.loc[low, 'MAE']:.2f} years, {g.loc[low, 'faces']:,} faces) and "
+             f"highest at ages {high} ({g.loc[high, 'MAE']:.2f}, {g.loc[high, 'faces']:,} faces)."]
+    old = [f"{a} ({e:+.1f})" for a, e in g["mean error"].items() if e > bias]
+    young = [f"{a} ({e:+.1f})" for a, e in g["mean error"].items() if e < -bias]
+    if old:
+        lines.append(f"Predicted too old by more than {bias:g} year on average: ages {', '.join(old)}.")
+    if young:
+        lines.append(f"Predicted too young by more than {bias:g} year on average: ages {', '.join(young)}.")
+    if g["mean error"].iloc[0] > bias and g["mean error"].iloc[-1] < -bias:
+        lines.append("The youngest are aged up and the oldest aged down: predictions are pulled toward the "
+                     "middle of the age range.")
+    return lines
+
+
+def protocol_findings(protocols: pd.DataFrame) -> list[str]:
+    """The split protocols compared at equal training faces, from ``ablation.protocol_runs``."""
+    rotations = protocols[(protocols["protocol"] == "kfold") & (protocols["rotation"] != "mean ± std")]
+    kfold = rotations["test MAE"].astype(float)
+    whole, matched = protocols.iloc[0], protocols.iloc[1]
+    gap = kfold.mean() - float(matched["test MAE"])
+    within = "within" if abs(gap) <= 2 * kfold.std(ddof=1) else "beyond"
+    return [f"At equal training faces the {whole['protocol']} split scores {float(matched['test MAE']):.3f} "
+            f"({matched['train / val / test faces']} train / val / test faces) and the five kfold rotations "
+            f"{kfold.mean():.3f} ± {kfold.std(ddof=1):.3f}: a gap of {gap:+.3f} years, {within} two standard "
+            f"deviations of the rotations.",
+            f"With its whole training part ({whole['train / val / test faces']}) the {whole['protocol']} split "
+            f"scores {float(whole['test MAE']):.3f}; that row has more training faces than a kfold rotation and is "
+            f"not comparable with it."]
