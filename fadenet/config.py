@@ -11,6 +11,7 @@ everything else is part of a training run's identity (:meth:`Config.run_id`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -245,6 +246,11 @@ class Config:
         digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         m = self.model
         return f"{self.profile}-{m.arch}-{m.backbone}-s{self.train.seed}-{digest}"
+
+    def replaced(self, *items: str | dict[str, Any]) -> "Config":
+        """A copy with :meth:`override` applied; ``self`` is left as it was (what a run derived from
+        a profile's config needs)."""
+        return copy.deepcopy(self).override(*items)
 
     def override(self, *items: str | dict[str, Any]) -> "Config":
         """Apply ``key=value`` strings or {key: value} dicts in place and return self."""

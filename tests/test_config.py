@@ -288,3 +288,10 @@ def test_shown_paths_name_no_folder_of_this_machine(tmp_path, monkeypatch):
     assert load_config("smoke", f"data.root={tmp_path}").shown(tmp_path / "a") == "<data.root>/a"
     assert cfg.shown("/elsewhere/file") == "/elsewhere/file"  # outside both: the path itself
     assert shown_path(tmp_path / "hub" / "w.pth", [("$TORCH_HOME/hub", tmp_path / "hub")]) == "$TORCH_HOME/hub/w.pth"
+
+
+def test_replaced_returns_a_changed_copy_and_leaves_the_config_as_it_was():
+    cfg = load_config("smoke")
+    other = cfg.replaced({"train.epochs": 7}, "train.seed=3")
+    assert (other.train.epochs, other.train.seed) == (7, 3)
+    assert (cfg.train.epochs, cfg.train.seed) == (1, 42) and other is not cfg

@@ -8,8 +8,6 @@ only when that folder is missing.
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -17,11 +15,8 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import FaceSet, Split
 from ..training import train
-from .factorial import cell_config, cell_name, cells, run_factorial
+from .factorial import FADENET, IDEAS, cell_config, cell_name, run_factorial
 from .metrics import median_predictor_mae
-
-FADENET = cells()[-1]  # every idea on
-
 
 def seed_runs(cfg: Config, faces: FaceSet, split: Split, cell: dict[str, bool] = FADENET, seeds=None,
               progress: bool = True) -> pd.DataFrame:
@@ -43,7 +38,7 @@ def seed_runs(cfg: Config, faces: FaceSet, split: Split, cell: dict[str, bool] =
 def best_by_validation(cfg: Config, faces: FaceSet, split: Split) -> dict[str, bool]:
     """The factorial's cell with the lowest mean validation MAE over its seeds (test plays no part)."""
     runs = run_factorial(cfg, faces, split)
-    means = runs.groupby(list(cells()[0]))["val_mae"].mean()
+    means = runs.groupby(list(IDEAS))["val_mae"].mean()
     return dict(zip(means.index.names, map(bool, means.idxmin())))
 
 
@@ -69,11 +64,11 @@ def protocol_runs(cfg: Config, faces: FaceSet, cell: dict[str, bool], seed: int 
                 "median-age predictor": median_predictor_mae(faces.ages[split.test], faces.ages[split.train])}
 
     base = cell_config(cfg, cell, seed)
-    kfold = [row("kfold", r, copy.deepcopy(base).override({"data.split": "kfold", "data.fold": r})) for r in range(5)]
+    kfold = [row("kfold", r, base.replaced({"data.split": "kfold", "data.fold": r})) for r in range(5)]
     whole = row(cfg.data.split, "", base)
     share = np.mean([r["training faces"] for r in kfold]) / whole["training faces"]
     matched = row(f"{cfg.data.split}, training faces as many as kfold's", "",
-                  copy.deepcopy(base).override({"train.fraction": base.train.fraction * share}))
+                  base.replaced({"train.fraction": base.train.fraction * share}))
     table = pd.DataFrame([whole, matched, *kfold])
     k = table[table["protocol"] == "kfold"]
     summary_row = {"protocol": "kfold", "rotation": "mean ± std", "training faces": round(k["training faces"].mean()),

@@ -16,7 +16,6 @@ it already holds.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from pathlib import Path
@@ -47,6 +46,9 @@ def cells() -> list[dict[str, bool]]:
     return [dict(zip(IDEAS, on)) for on in itertools.product((False, True), repeat=len(IDEAS))]
 
 
+BASELINE, FADENET = cells()[0], cells()[-1]  # every idea off, every idea on
+
+
 def cell_name(cell: dict[str, bool]) -> str:
     """A cell as a reader names it: "baseline", "FADE-Net", "FADE-Net without SPP", "baseline +
     coordinate attention + SPP"."""
@@ -68,8 +70,8 @@ def cell_config(cfg: Config, cell: dict[str, bool], seed: int) -> Config:
     """The profile's config with FADE-Net's ideas switched as in ``cell``, the seed, and the share
     of the training split ``eval.ablation_budget`` (1 in the reference profile: the whole split);
     a copy, ``cfg`` is left as it was."""
-    return copy.deepcopy(cfg).override({"model.arch": "fadenet", **{IDEAS[i][0]: on for i, on in cell.items()},
-                                        "train.seed": seed, "train.fraction": cfg.eval.ablation_budget})
+    return cfg.replaced({"model.arch": "fadenet", **{IDEAS[i][0]: on for i, on in cell.items()},
+                         "train.seed": seed, "train.fraction": cfg.eval.ablation_budget})
 
 
 def run_factorial(cfg: Config, faces: FaceSet, split: Split, progress: bool = True) -> pd.DataFrame:
@@ -137,7 +139,7 @@ def run_transfer(cfg: Config, faces: FaceSet, split: Split, progress: bool = Tru
     schedule stretched with it); one row per run. At scale 1 a run is the factorial's cell, read
     from the store rather than trained again."""
     jobs = [(scale, seed, cell) for scale in cfg.eval.transfer_scales for seed in cfg.eval.transfer_seeds
-            for cell in (cells()[0], cells()[-1])]
+            for cell in (BASELINE, FADENET)]
     rows = []
     for scale, seed, cell in tqdm(jobs, desc="budget transfer runs", unit="run", disable=not progress):
         run_cfg = cell_config(cfg, cell, seed).override({"train.epochs": cfg.train.epochs * scale})

@@ -8,8 +8,6 @@ is missing.
 """
 from __future__ import annotations
 
-import copy
-
 import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
@@ -48,7 +46,7 @@ def epochs_for_budget(cfg: Config, budget: float, meter: ComputeMeter) -> int:
 def budget_config(cfg: Config, overrides: dict, budget: float, seed: int, train_faces: int) -> Config:
     """``cfg`` with the recipe's overrides, the seed, and the epochs that spend ``budget``; a
     budget below one epoch is one epoch of a fixed age-stratified share of the split."""
-    run_cfg = copy.deepcopy(cfg).override(overrides, {"train.seed": seed, "train.fraction": 1.0})
+    run_cfg = cfg.replaced(overrides, {"train.seed": seed, "train.fraction": 1.0})
     meter = compute_meter(run_cfg, train_faces)
     one_epoch = planned_epoch_equivalents(run_cfg, 1, meter)
     if budget < one_epoch:

@@ -10,7 +10,6 @@ the CPU profiles), so that one grid answers the paper's question on whichever ba
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +73,7 @@ def variant(name: str) -> Variant:
 
 def variant_config(name: str, cfg: Config | None = None) -> Config:
     """``cfg`` (default: the paper profile) with the variant's settings."""
-    base = copy.deepcopy(cfg) if cfg is not None else load_config("paper")
-    return base.override(variant(name).settings)
+    return (cfg.replaced if cfg is not None else load_config("paper").override)(variant(name).settings)
 
 
 def build_variant(name: str, cfg: Config | None = None) -> AgeNet:

@@ -9,7 +9,6 @@ so that the table says how much of the step the loop around it costs.
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -77,7 +76,7 @@ def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] |
     runners, results, probe = {}, {}, {}
     try:
         for name in modes or device_modes(cfg):
-            runner = _runner(resolve(copy.deepcopy(cfg).override(_settings(MODES[name], cfg))), faces, split)
+            runner = _runner(resolve(cfg.replaced(_settings(MODES[name], cfg))), faces, split)
             runners[name] = runner
             first = runner.run("loop", 2)[0]
             results[name] = ModeResult(name, runner.describe(), [], first, 0.0, steps)

@@ -2,7 +2,6 @@
 ``torch.load(weights_only=True)`` so that a file handed over by someone else cannot run code."""
 from __future__ import annotations
 
-import copy
 import zipfile
 from pathlib import Path
 
@@ -68,7 +67,6 @@ def data_config(trained: Config, source: str, data_root: str | Path | None = Non
     """A checkpoint's data settings pointed at ``source`` (and ``data_root``, or ``location``: the
     CSV or folder of a csv or folder source): same size and framing; with ``cross`` (another
     dataset than it learnt from), the whole dataset, no subset."""
-    cfg = copy.deepcopy(trained)
     overrides = {"data.source": source}
     if location:
         overrides[f"data.{source}"] = str(location)
@@ -76,7 +74,7 @@ def data_config(trained: Config, source: str, data_root: str | Path | None = Non
         overrides["data.root"] = str(data_root)
     if cross:
         overrides["data.subset"] = 0
-    return cfg.override(overrides)
+    return trained.replaced(overrides)
 
 
 def trained_faces(cfg: Config, state: dict, progress: bool = True) -> tuple[FaceSet, Split]:
