@@ -244,3 +244,27 @@ def protocol_findings(protocols: pd.DataFrame) -> list[str]:
             f"With its whole training part ({whole['train / val / test faces']}) the {whole['protocol']} split "
             f"scores {float(whole['test MAE']):.3f}; that row has more training faces than a kfold rotation and is "
             f"not comparable with it."]
+
+
+def chapter_summary(seeds: pd.DataFrame, per_group: pd.DataFrame, protocols: pd.DataFrame | None = None) -> str:
+    """What chapter 05 found, in sentences computed from its tables: the gain from TTA and from
+    the seed ensemble, where the errors are, and the protocols compared at equal training faces."""
+    by = seeds.set_index("model")
+    singles = by.drop(index="ensemble", errors="ignore")
+    lines = []
+    for column in [c for c in by.columns if not c.endswith("none")]:
+        gains = singles["test MAE, TTA none"] - singles[column]
+        change = (f"lowers a single model's test MAE by {gains.min():.3f} to {gains.max():.3f} years"
+                  if gains.min() > 0 else
+                  f"changes a single model's test MAE by {-gains.max():+.3f} to {-gains.min():+.3f} years")
+        lines.append(f"- TTA {column.rsplit(' ', 1)[1]} {change} ({len(singles)} model{'s' * (len(singles) > 1)}).")
+    if "ensemble" in by.index:
+        best = singles["test MAE, TTA none"].min()
+        final = by.loc["ensemble", "test MAE, TTA multi"]
+        lines.append(f"- The ensemble of {len(singles)} seeds with multi-scale TTA scores {final:.3f}, "
+                     f"{abs(best - final):.3f} years {'better' if final <= best else 'worse'} than the best single "
+                     f"model without TTA ({best:.3f}).")
+    lines.append(f"- {group_findings(per_group)[0]}")
+    if protocols is not None:
+        lines.append(f"- {protocol_findings(protocols)[0]}")
+    return "\n".join(lines)
