@@ -247,3 +247,17 @@ def test_chapter_04_networks_map_to_the_variant_the_speed_table_times_by_their_s
     assert timed_variant(row(True, True, True, True)) == "fadenet"
     assert timed_variant(row(True, False, True, True)) == "-msff"
     assert timed_variant(row(True, True, False, False)) is None  # two ideas on: no variant of its own
+
+
+def test_chapter07_summary_states_speed_and_each_target_from_the_tables():
+    import pandas as pd
+    from fadenet.deploy.report import chapter_summary
+    table = pd.DataFrame({"model": ["fadenet"] * 3, "backend": [BACKENDS["eager"], BACKENDS["ort_fp32"], BACKENDS["ort_int8"]],
+                          "batch": [1, 1, 1], "images/s": [50.0, 100.0, 150.0]})
+    goals = pd.DataFrame({"target": ["speed-up", "INT8 MAE"], "wanted": ["at least 2.0", "at most 0.1"],
+                          "measured": [1.93, float("nan")], "reached": [False, None], "detail": ["a vs b", ""]})
+    assert chapter_summary(table, goals).splitlines() == [
+        f"- FADE-Net runs 50.0 images/s at batch 1 in PyTorch eager and 150.0 on its fastest back-end, "
+        f"{BACKENDS['ort_int8']} (3.00x).",
+        "- speed-up, at least 2.0: missed: 1.93 (a vs b).",
+        "- INT8 MAE, at most 0.1: not measured."]

@@ -196,3 +196,21 @@ def test_a_cam_lights_the_region_the_prediction_depends_on(method):
     for cam in cams:
         y, x = np.unravel_index(cam.argmax(), cam.shape)
         assert 8 <= y < 28 and 36 <= x < 60, (y, x)
+
+
+def test_chapter06_summary_compares_face_mass_with_uniform_by_standard_errors():
+    import pandas as pd
+    from fadenet.explain.report import chapter_summary
+    table = pd.DataFrame({"model": ["FADE-Net", "FADE-Net", "baseline", "baseline"],
+                          "layer": ["attention", "attention", "spp", "spp"],
+                          "method": ["Grad-CAM", "Eigen-CAM", "Grad-CAM", "Grad-CAM++"],
+                          "faces": [100] * 4, "empty maps": [3, 0, 0, 0],
+                          "mass in face region": [0.30, 0.9, 0.42, 0.9], "std error": [0.02, 0.01, 0.01, 0.01],
+                          "uniform": [0.43] * 4})
+    assert chapter_summary(table).splitlines() == [
+        "- FADE-Net, attention layer: 30% of the Grad-CAM mass lies on the face region (± 2.0%), less than a "
+        "uniform map's 43%; 3 of 100 maps are empty.",
+        "- baseline, spp layer: 42% of the Grad-CAM mass lies on the face region (± 1.0%), no different from a "
+        "uniform map's 43%; 0 of 100 maps are empty."]
+    empty = table.assign(**{"mass in face region": [float("nan"), 0.9, 0.42, 0.9], "empty maps": [100, 0, 0, 0]})
+    assert chapter_summary(empty).splitlines()[0] == "- FADE-Net, attention layer: all 100 Grad-CAM maps are empty."

@@ -167,3 +167,18 @@ def timed_variant(row: pd.Series) -> str | None:
         if all(bool(row[key.rsplit(".", 1)[-1]]) == settings[key] for key in SWITCHES):
             return name
     return None
+
+
+def chapter_summary(table: pd.DataFrame, goals: pd.DataFrame, batch: int = 1) -> str:
+    """What chapter 07 found, computed from its tables: FADE-Net's batch-``batch`` speed in eager
+    PyTorch and on its fastest back-end, and each target reached, missed or not measured."""
+    best = best_backend(table, "fadenet", batch)
+    eager = _rate(table, "fadenet", EAGER, batch)
+    lines = [f"- FADE-Net runs {eager:.1f} images/s at batch {batch} in PyTorch eager"
+             + (f" and {best['images/s']:.1f} on its fastest back-end, {best['backend']} "
+                f"({best['images/s'] / eager:.2f}x)." if best is not None else ".")]
+    for goal in goals.to_dict("records"):
+        state = ("not measured" if goal["reached"] is None else
+                 f"{'reached' if goal['reached'] else 'missed'}: {goal['measured']:.3g} ({goal['detail']})")
+        lines.append(f"- {goal['target']}, {goal['wanted']}: {state}.")
+    return "\n".join(lines)

@@ -157,3 +157,21 @@ def methods_table() -> pd.DataFrame:
         {"method": "eigencam", "name": METHOD_NAMES["eigencam"], "uses gradients": False,
          "channel weights": "first principal component of the activations", "cost per face": "1 forward + 1 SVD"},
     ])
+
+
+def chapter_summary(table: pd.DataFrame, method: str = "Grad-CAM", sigmas: float = 2.0) -> str:
+    """What chapter 06 found, from :func:`face_mass_table`: for ``method``, the share of each
+    map's mass on the face region against a uniform map's, called more or less than uniform
+    when the gap exceeds ``sigmas`` standard errors, else "no different from uniform"."""
+    lines = []
+    for row in table[table["method"] == method].to_dict("records"):
+        if not np.isfinite(row["mass in face region"]):
+            lines.append(f"- {row['model']}, {row['layer']} layer: all {row['faces']} {method} maps are empty.")
+            continue
+        gap = row["mass in face region"] - row["uniform"]
+        side = ("no different from" if abs(gap) <= sigmas * row["std error"] else
+                "more than" if gap > 0 else "less than")
+        lines.append(f"- {row['model']}, {row['layer']} layer: {row['mass in face region']:.0%} of the {method} mass "
+                     f"lies on the face region (± {row['std error']:.1%}), {side} a uniform map's "
+                     f"{row['uniform']:.0%}; {row['empty maps']} of {row['faces']} maps are empty.")
+    return "\n".join(lines)
