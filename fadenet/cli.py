@@ -87,49 +87,49 @@ def cmd_train(args) -> None:
         print(f"warning: {m['init_warning']}")
 
 
-def cmd_bench(args) -> None:
-    if args.what == "speed":
-        return cmd_bench_speed(args)
-    if args.what == "faces":
-        return cmd_bench_faces(args)
+def _bench_data(args):
+    """The profile's config (with ``--threads`` applied), its faces and split, for a benchmark."""
     import torch
     from .data import load_split, prepare
     cfg = _config(args)
-    batch = args.batch[0] if args.batch else 64
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     faces = prepare(cfg)
-    split = load_split(faces, cfg)
-    if args.what == "data":
-        from .data.bench import loader_rate
-        from .runtime import pick_device
-        device = pick_device(cfg.train.device)
-        rate = loader_rate(faces, split.train, batch_size=batch, device=device)
-        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
-        print(f"training input pipeline: {rate:,.0f} augmented images/s on {device.type} "
-              f"({faces.source}, {faces.size}px, batch {batch}, {where})")
-    elif args.what == "train":
-        from .figures import markdown_table, save_table
-        from .runtime import machine_text
-        from .training.bench import device_modes, modes_frame, training_modes
-        from .resolve import resolve
-        modes = device_modes(cfg, args.modes)
-        table = modes_frame(training_modes(cfg, faces, split, modes, steps=args.steps, rounds=args.rounds))
-        caption = (f"{machine_text()}; {cfg.model.arch} on {resolve(cfg).backbone}, {faces.source}, "
-                   f"{cfg.data.size}px, global batch {cfg.train.batch_size}, profile {cfg.profile}; "
-                   f"{args.rounds} rounds of {args.steps} steps")
-        path = save_table(table, "bench_train", cfg, caption)
-        print(markdown_table(table))
-        print(f"\n{caption}\ntable: {path}")
+    return cfg, faces, load_split(faces, cfg)
+
+
+def cmd_bench_data(args) -> None:
+    import pandas as pd
+    import torch
+    from .data.bench import loader_rate
+    from .harness import machine_text, report
+    from .runtime import pick_device
+    cfg, faces, split = _bench_data(args)
+    device = pick_device(cfg.train.device)
+    rate = loader_rate(faces, split.train, batch_size=args.batch, device=device)
+    table = pd.DataFrame([{"device": device.type, "batch": args.batch, "augmented images/s": round(rate, 1)}])
+    report(table, "bench_data", cfg, f"{machine_text(torch.get_num_threads())}; training input pipeline, "
+                                      f"{faces.source}, {faces.size}px, profile {cfg.profile}")
+
+
+def cmd_bench_train(args) -> None:
+    from .harness import machine_text, report
+    from .resolve import resolve
+    from .training.bench import device_modes, modes_frame, training_modes
+    cfg, faces, split = _bench_data(args)
+    table = modes_frame(training_modes(cfg, faces, split, device_modes(cfg, args.modes), steps=args.steps,
+                                       rounds=args.rounds))
+    report(table, "bench_train", cfg, f"{machine_text()}; {cfg.model.arch} on {resolve(cfg).backbone}, {faces.source}, "
+                                      f"{cfg.data.size}px, global batch {cfg.train.batch_size}, profile {cfg.profile}; "
+                                      f"{args.rounds} rounds of {args.steps} steps")
 
 
 def cmd_bench_faces(args) -> None:
     from .data.detect import available
     from .explore import AgePredictor
     from .explore.bench import bench_faces, spread
-    from .figures import markdown_table, save_table
+    from .harness import machine_text, report
     from .training import load_model
-    from .runtime import machine_text
     from .training.checkpoint import trained_faces
     args.checkpoint = _checkpoint(args.checkpoint)
     model, trained_cfg, state = load_model(args.checkpoint)
@@ -138,11 +138,9 @@ def cmd_bench_faces(args) -> None:
     rows = spread(split.test, args.count or _config(args).bench.faces)
     detectors = [d for d in args.detectors if d == "haar" or available(d)]
     table = bench_faces(predictor, faces, rows, detectors)
-    caption = (f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
-               f"{faces.size}px), TTA none, network in {args.engine}; python -m fadenet bench faces")
-    path = save_table(table, "bench_faces", _config(args), caption)
-    print(markdown_table(table))
-    print(f"\n{caption}\ntable: {path}")
+    report(table, "bench_faces", _config(args),
+           f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
+           f"{faces.size}px), TTA none, network in {args.engine}; python -m fadenet bench faces")
     missing = sorted(set(args.detectors) - set(detectors))
     if missing:
         print(f"not measured (not installed): {', '.join(missing)}")
@@ -150,17 +148,17 @@ def cmd_bench_faces(args) -> None:
 
 def cmd_bench_speed(args) -> None:
     from .data import load_split, prepare
-    from .deploy import hardware_text, speed_table
+    from .deploy import speed_table
     from .deploy.report import save_speed_tables, targets, throughput_table
     from .figures import markdown_table, provenance
-    cfg = _config(args)
+    from .harness import machine_text
     chosen = {"bench.models": ",".join(args.models or []), "bench.batches": args.batch,
               "bench.threads": args.threads, "bench.size": args.size}
-    cfg.override({key: value for key, value in chosen.items() if value})
+    cfg = _config(args).replaced({key: value for key, value in chosen.items() if value})
     faces = prepare(cfg)
     table = speed_table(cfg, faces, load_split(faces, cfg), backends=args.backends)
-    caption = (f"{hardware_text(cfg.bench.threads, cfg.bench.size)}; inputs and INT8 calibration: "
-               f"{provenance(cfg, faces.source, len(faces))}")
+    caption = (f"{machine_text(cfg.bench.threads)}; {cfg.bench.size}x{cfg.bench.size} input; inputs and INT8 "
+               f"calibration: {provenance(cfg, faces.source, len(faces))}")
     path = save_speed_tables(table, "bench_speed", cfg, caption)
     print(markdown_table(throughput_table(table)))
     print(f"\n{caption}\n")
@@ -269,33 +267,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", help="print throughput figures")
-    p.add_argument("what", choices=["data", "train", "speed", "faces"],
-                   help="speed: inference latency and throughput of the networks on each back-end; "
-                        "faces: the photo path (detect, align, predict) against the dataset path")
-    p.add_argument("--batch", type=_int_list, default=None,
-                   help="batch size of the data benchmark (default 64); comma-separated sizes of the "
-                        "speed benchmark (default bench.batches, 1,32)")
-    p.add_argument("--steps", type=int, default=6, help="train: timed steps of each mode in each round")
-    p.add_argument("--rounds", type=int, default=3, help="train: rounds (the modes take turns, each round in another order)")
+    bench = sub.add_parser("bench", help="benchmarks: each prints a table with the machine it ran on").add_subparsers(
+        dest="benchmark", required=True, metavar="{data,train,speed,faces}")
+    p = bench.add_parser("data", help="how fast the training input pipeline delivers augmented batches")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_data)
+
+    p = bench.add_parser("train", help="images/s of the trainer's step in each of its modes, interleaved")
+    p.add_argument("--steps", type=int, default=6, help="timed steps of each mode in each round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (the modes take turns, each round in another order)")
     p.add_argument("--modes", nargs="+", default=None, metavar="WORD",
-                   help="train: time only the modes whose names contain one of these words (e.g. compile default)")
+                   help="time only the modes whose names contain one of these words (e.g. compile default)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser("speed", help="inference latency and throughput of the networks on each back-end")
+    p.add_argument("--batch", type=_int_list, default=None,
+                   help="comma-separated batch sizes (default bench.batches, 1,32)")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                   help="speed: networks to time (default bench.models=all: FADE-Net, its variants, "
+                   help="networks to time (default bench.models=all: FADE-Net, its variants, "
                         "the backbone baselines and torchvision mobilenet_v3_large)")
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
-                   help="speed: eager channels_last compile ort_fp32 ort_int8 (and cuda cuda_amp "
+                   help="eager channels_last compile ort_fp32 ort_int8 (and cuda cuda_amp "
                         "cuda_graphs with a GPU; default all)")
-    p.add_argument("--threads", type=int, default=None, help="speed: CPU threads (default bench.threads, 2)")
-    p.add_argument("--size", type=int, default=None, help="speed: input size in pixels (default bench.size, 224)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="faces: a trained checkpoint (default: the shipped model)")
-    p.add_argument("--count", type=int, default=None, help="faces: test faces, spread over the split (default bench.faces, 300)")
-    p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
-                   help="faces: the detectors to compare")
-    p.add_argument("--engine", choices=ENGINES, default="torch",
-                   help="faces: the network in PyTorch or in ONNX Runtime (after `export`)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default bench.threads, 2)")
+    p.add_argument("--size", type=int, default=None, help="input size in pixels (default bench.size, 224)")
     _add_config_args(p)
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench_speed)
+
+    p = bench.add_parser("faces", help="the photo path (detect, align, predict) against the dataset path")
+    p.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
+    p.add_argument("--count", type=int, default=None, help="test faces, spread over the split (default bench.faces, 300)")
+    p.add_argument("--detectors", nargs="+", default=["haar", "mtcnn"], choices=DETECTORS[1:],
+                   help="the detectors to compare")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="the network in PyTorch or in ONNX Runtime (after `export`)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_faces)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch and size), checked against "
                                       "PyTorch on real faces; --int8 adds a quantised copy and both test MAEs")

@@ -31,7 +31,10 @@ ROOT = Path(os.environ.get("FADENET_HOME") or Path(__file__).resolve().parents[1
 
 DETECTORS = ("auto", "mtcnn", "haar")  # face detectors of the photo path (fadenet.data.detect)
 SOURCES = ("auto", "afad", "afad_lite", "aaf", "utkface", "synthetic", "csv", "folder")
-SPLITS = ("80-10-10", "90-5-5", "72-8-20", "official", "kfold")
+# split protocols (fadenet.data.splits): train/val/test percentages of the age-stratified ones,
+# then AAF's own lists and the unified benchmark's 10 folds
+RATIO_SPLITS = {"80-10-10": (80, 10, 10), "90-5-5": (90, 5, 5), "72-8-20": (72, 8, 20)}
+SPLITS = (*RATIO_SPLITS, "official", "kfold")
 ARCHS = ("fadenet", "baseline")
 PRETRAINED = ("auto", "imagenet", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -177,6 +177,27 @@ epoch). Chapters can be refreshed one at a time, so the tables below may come fr
 runs and recipes: each one's caption says which profile, checkpoint or run made it."""
 
 
+def training_compute(folder: Path) -> pd.DataFrame:
+    """The trainings the committed tables read: every CSV under ``folder`` with ``run``,
+    ``minutes`` and ``epoch_equivalents`` columns, each run counted once (in the first table, by
+    name, that lists it), then the total."""
+    rows, seen = [], set()
+    for path in sorted(folder.glob("*.csv")):
+        table = pd.read_csv(path)
+        if not {"run", "minutes", "epoch_equivalents"} <= set(table.columns):
+            continue
+        new = table[table["run"].notna() & (table["run"] != "") & ~table["run"].isin(seen)].drop_duplicates("run")
+        seen |= set(new["run"])
+        if len(new):
+            rows.append({"table": path.stem, "trainings": len(new), "epoch-equivalents": round(new["epoch_equivalents"].sum(), 1),
+                         "hours": round(new["minutes"].sum() / 60, 2)})
+    out = pd.DataFrame(rows, columns=["table", "trainings", "epoch-equivalents", "hours"])
+    if len(out):
+        out.loc[len(out)] = {"table": "total", "trainings": out["trainings"].sum(),
+                             "epoch-equivalents": round(out["epoch-equivalents"].sum(), 1), "hours": round(out["hours"].sum(), 2)}
+    return out
+
+
 def reproducing_markdown(cfg: Config) -> str:
     """REPRODUCING.md: how to re-run, how long the last whole run took, and the provenance
     line of every committed table."""
@@ -185,6 +206,11 @@ def reproducing_markdown(cfg: Config) -> str:
     times = folder / "reproduce_times.md"
     if times.is_file():
         parts.append(f"## How long the last whole run took\n\n{times.read_text().strip()}")
+    compute = training_compute(folder)
+    if len(compute) > 1:
+        parts.append("## The trainings behind the tables\n\nEach training once, however many tables read it "
+                     "(a whole run reuses finished trainings; these minutes are their own, on the machine "
+                     f"each ran on):\n\n{markdown_table(compute)}")
     rows = []
     for md in sorted(folder.glob("*.md")):
         lines = md.read_text().strip().splitlines()

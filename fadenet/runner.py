@@ -89,13 +89,9 @@ def chapter_times(run_dir: Path) -> pd.DataFrame:
 
 def save_times(run_dir: Path, cfg) -> Path:
     """``figures/tables/reproduce_times``: how long each chapter of a whole run took, and where."""
-    import torch
-
     from .figures import save_table
-    from .runtime import cpu_features, cpu_info, usable_cores
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    caption = (f"python -m fadenet reproduce --profile {cfg.profile} ({run_dir.name}); {cpu_info()[0]} "
-               f"({cpu_features()}), {usable_cores()} cores, {gpu}")
+    from .harness import machine_text
+    caption = f"python -m fadenet reproduce --profile {cfg.profile} ({run_dir.name}); {machine_text()}"
     return save_table(chapter_times(run_dir), "reproduce_times", cfg, caption)
 
 

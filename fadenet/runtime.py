@@ -52,7 +52,7 @@ def cpu_info() -> tuple[str, set[str]]:
 
 
 # Instruction sets that decide training and inference speed, in the order they are reported.
-CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
+CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
                 ("avx512_bf16", "AVX-512-BF16"), ("amx_bf16", "AMX"))
 # Without one of these oneDNN emulates bfloat16: 18x slower than FP32 for a FADE-Net training step
 # on an AVX2-only EPYC. AVX-512-BF16 computes it natively, yet on the EPYC measured (fadenet bench
@@ -61,22 +61,13 @@ CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-5
 FAST_BF16_FLAGS = {"amx_bf16"}
 # 8-bit dot products in one instruction: what INT8 inference needs to beat FP32.
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-# The vector instructions that decide how fast 8-bit and 32-bit kernels can be, best first.
-SIMD = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512"),
-        ("avx2", "AVX2"))
 
 
-def cpu_features() -> str:
-    """e.g. 'AVX2 yes, AVX-512 no, AVX-512 VNNI no, AVX-512-BF16 no, AMX no'."""
-    flags = cpu_info()[1]
+def cpu_features(flags: set[str] | None = None) -> str:
+    """e.g. 'AVX2 yes, AVX-512 no, AVX-512 VNNI no, AVX-VNNI no, AVX-512-BF16 no, AMX no', of this
+    CPU's flags or of ``flags``."""
+    flags = cpu_info()[1] if flags is None else flags
     return ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in CPU_FEATURES)
-
-
-def simd_text(flags: set[str]) -> str:
-    """The widest integer and float vector extensions among the CPU's ``flags``."""
-    found = [label for flag, label in SIMD if flag in flags]
-    has_vnni = bool(VNNI_FLAGS & flags)
-    return ", ".join(found[:2]) + ("" if has_vnni else ", no VNNI") if found else "SIMD unknown"
 
 
 def fast_bf16() -> bool:
@@ -92,13 +83,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def machine_text() -> str:
-    """The machine in words, for captions and run records: CPU, its features, cores, GPU."""
-    import torch
-    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu_info()[0]} ({cpu_features()}), {usable_cores()} cores{gpu}"
-
-
 def compile_model(module, **kwargs):
     """``torch.compile(module, **kwargs)``. Without CUDA, inductor's toolchain probe warns "No CUDA
     runtime is found" although a CPU compile needs none; that one logger is quietened there."""
@@ -107,6 +91,28 @@ def compile_model(module, **kwargs):
     if not torch.cuda.is_available():
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(module, **kwargs)
+
+
+class CompiledOrEager:
+    """``compile_model(module)``, called like the module. Where compiling fails (torch.compile
+    compiles at the first call), one warning, and that call and every later one run ``module``
+    eagerly: a missing compiler toolchain costs speed, not the run."""
+
+    def __init__(self, module, **kwargs):
+        self.module, self.call, self.compiled, self._tried = module, compile_model(module, **kwargs), True, False
+
+    def __call__(self, *args):
+        if self._tried:
+            return self.call(*args)
+        self._tried = True
+        try:
+            return self.call(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager module is the fallback
+            import logging
+            logging.getLogger("fadenet.runtime").warning(
+                "torch.compile failed (%s); running without it", str(e).strip().splitlines()[0][:200])
+            self.call, self.compiled = self.module, False
+            return self.call(*args)
 
 
 def pick_device(name: str):

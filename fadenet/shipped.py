@@ -141,7 +141,7 @@ def _compute_sentence(checkpoint: Path) -> str:
 def _machine(run: dict) -> str:
     if run.get("machine"):
         return run["machine"]
-    from .runtime import machine_text
+    from .harness import machine_text
     return f"{machine_text()} (the machine `ship` ran on: the run did not record its own)"
 
 

@@ -58,3 +58,20 @@ def test_a_run_records_the_compute_it_spent(cfg_factory, tmp_path):
                  for s in sizes]
     assert list(run.history["epoch_equivalents"]) == pytest.approx([per_epoch[0], sum(per_epoch)])
     assert run.meta["epoch_equivalents"] == pytest.approx(sum(per_epoch))
+
+
+def test_chapter03_summary_names_the_best_epoch_and_the_lower_recipe_per_budget():
+    import pandas as pd
+    from fadenet.evaluation.time_to_accuracy import chapter_summary
+    meta = {"best_val_mae": 5.0123, "best_epoch": 4, "epochs_done": 4, "epoch_equivalents": 4.0,
+            "trained_on": 10656, "size": 112, "test_mae": 5.0171}
+    curve = pd.DataFrame({"recipe": ["short_paper", "cpu_budget", "short_paper", "cpu_budget"],
+                          "epoch_equivalents": [2.0, 2.01, 4.0, 3.98], "val_mae_mean": [5.8, 5.5, 5.4, 5.45],
+                          "val_mae_std": [0.1, 0.05, 0.02, 0.03], "seeds": [2, 2, 2, 2]})
+    assert chapter_summary(meta, curve).splitlines() == [
+        "- The model reaches validation MAE 5.012 at epoch 4 of 4 (4.00 epoch-equivalents, 10,656 training "
+        "faces at 112 px); the test MAE of those weights, without TTA, is 5.017.",
+        "- About 2 epoch-equivalents: the CPU-budget recipe 5.500 ± 0.050 (2 seeds, 2.01); the paper's recipe, "
+        "shortened 5.800 ± 0.100 (2 seeds, 2.00); the first is lower by 0.300.",
+        "- About 4 epoch-equivalents: the paper's recipe, shortened 5.400 ± 0.020 (2 seeds, 4.00); the CPU-budget "
+        "recipe 5.450 ± 0.030 (2 seeds, 3.98); the first is lower by 0.050."]

@@ -22,7 +22,7 @@ from fadenet.deploy.export import PARITY_TOLERANCE, face_batch, ort_session
 from fadenet.deploy.report import spp_comparison, targets, throughput_table
 from fadenet.model import expected_age, predict_probs
 from fadenet.model import predict
-from fadenet.model.variants import VANILLA
+from fadenet.variants import VANILLA
 from fadenet.training import CheckpointError, load_model, train
 
 pytestmark = [pytest.mark.aaf, pytest.mark.usefixtures("one_thread")]
@@ -187,8 +187,13 @@ def test_unknown_networks_and_backends_are_config_errors_naming_them(cfg, faces,
 def test_command_line_takes_the_issues_flags():
     args = build_parser().parse_args(["bench", "speed", "--models", "fadenet", "resnet18", "--batch", "1,32",
                                       "--threads", "2", "--size", "224"])
-    assert (args.what, args.models, args.batch, args.threads, args.size) == \
+    assert (args.benchmark, args.models, args.batch, args.threads, args.size) == \
         ("speed", ["fadenet", "resnet18"], (1, 32), 2, 224)
+    # each benchmark has its own flags: --batch of the data benchmark is one size, --steps is train's
+    assert build_parser().parse_args(["bench", "data", "--batch", "32"]).batch == 32
+    for wrong in (["bench", "data", "--steps", "3"], ["bench", "speed", "--steps", "3"], ["bench", "train", "--size", "9"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(wrong)
     args = build_parser().parse_args(["export", "--checkpoint", "x.pt", "--format", "onnx", "--int8"])
     assert args.int8 and args.format == "onnx"
     with pytest.raises(SystemExit):
@@ -202,6 +207,18 @@ def test_each_distinct_network_is_timed_once():
     # a loss is not a network, and FADE-Net with CA, fusion and SPP off is the GAP baseline
     assert aliases == {"+dldl_v2": "baseline", "-dldl_v2": "fadenet"}
     assert not set(aliases) & set(networks)
+
+
+def test_interleaved_rounds_call_every_contender_once_in_a_new_order_and_stop_on_time():
+    from fadenet.harness import interleaved
+    log = []
+    calls = {k: (lambda k=k: log.append(k) or len(log)) for k in "abcd"}
+    results = interleaved(calls, rounds=6)
+    assert {k: len(v) for k, v in results.items()} == {k: 6 for k in "abcd"}
+    orders = [tuple(log[i:i + 4]) for i in range(0, 24, 4)]
+    assert all(sorted(o) == list("abcd") for o in orders) and len(set(orders)) > 1
+    assert results["a"] == [i + 1 for i, k in enumerate(log) if k == "a"]  # each result is its own call's
+    assert len(interleaved(calls, rounds=10, seconds=0.0, min_rounds=2)["a"]) == 2
 
 
 def test_round_robin_settles_each_call_before_timing_it():
@@ -231,12 +248,11 @@ def test_int8_targets_are_of_the_studied_network():
     assert measured.iloc[0]["reached"] is None  # the vanilla classifier was not timed
 
 
-def test_simd_text_names_the_8_bit_instructions():
-    from fadenet.runtime import simd_text
-    assert simd_text({"avx2", "fma"}) == "AVX2, no VNNI"
-    assert simd_text({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI, AVX-512"
-    assert simd_text({"avx2", "avx_vnni"}) == "AVX-VNNI, AVX2"
-    assert simd_text(set()) == "SIMD unknown"
+def test_cpu_features_name_the_8_bit_and_bf16_instructions():
+    from fadenet.runtime import cpu_features
+    assert cpu_features({"avx2", "fma"}) == "AVX2 yes, AVX-512 no, AVX-512 VNNI no, AVX-VNNI no, AVX-512-BF16 no, AMX no"
+    assert cpu_features({"avx2", "avx_vnni", "amx_bf16"}) == (
+        "AVX2 yes, AVX-512 no, AVX-512 VNNI no, AVX-VNNI yes, AVX-512-BF16 no, AMX yes")
 
 
 def test_chapter_04_networks_map_to_the_variant_the_speed_table_times_by_their_switches():

@@ -10,8 +10,8 @@ from matplotlib.text import Text
 
 from fadenet.config import ModelConfig, load_config
 from fadenet.model import build_model, count_macs, report
-from fadenet.model.variants import (ABLATION, LEAVE_ONE_OUT, VANILLA, VARIANTS, build_variant, names, variant,
-                                    variant_config)
+from fadenet.variants import (ABLATION, LEAVE_ONE_OUT, VANILLA, VARIANTS, baseline_representations, build_variant,
+                              macs_comparison, names, variant, variant_config, variant_table)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +23,7 @@ def value(cfg, key: str):
 
 @pytest.fixture(scope="module")
 def variants() -> pd.DataFrame:
-    return report.variant_table(size=64).set_index("variant")
+    return variant_table(size=64).set_index("variant")
 
 
 def test_the_variant_table_has_every_variant_once(variants):
@@ -75,7 +75,7 @@ def test_every_variant_overrides_any_configuration_completely():
 
 
 def test_the_baseline_is_the_same_network_written_either_way():
-    counts = report.baseline_representations()
+    counts = baseline_representations()
     assert set(counts.values()) == {4_039_041}
     torch.manual_seed(0)
     as_switches = build_variant("baseline")
@@ -120,7 +120,7 @@ def test_the_diagram_is_a_figure_naming_every_part():
 
 
 def test_cost_comparison_keeps_measured_and_reported_apart():
-    table = report.macs_comparison(size=224).set_index("model")
+    table = macs_comparison(size=224).set_index("model")
     measured = table["parameters, measured here"].dropna()
     assert measured.tolist() == [4_841_463, 5_483_032]
     fadenet, vanilla = table["M multiply-adds @224px, measured here"].dropna().tolist()

@@ -260,13 +260,13 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(cfg_fa
 
     class Broken:
         def __init__(self, module):
-            self._orig_mod = module
+            pass
 
         def __call__(self, x):
             raise RuntimeError("backend compiler failed: no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", Broken)
-    with caplog.at_level(logging.WARNING, logger="fadenet.train"):
+    with caplog.at_level(logging.WARNING, logger="fadenet.runtime"):
         loss_b, broken = _one_step(cfg_factory(f"runs_dir={tmp_path}", "train.compile=true", *base), monkeypatch)
     warnings = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1 and "no C++ compiler found" in warnings[0].getMessage()

@@ -20,7 +20,7 @@ def test_readme_gives_the_two_fresh_machine_commands():
 
 
 # Lowest first; a module may import its own layer and those below it, never one above.
-LAYERS = [{"io", "runtime"}, {"config"}, {"data", "figures"}, {"model"}, {"resolve"}, {"training"},
+LAYERS = [{"io", "runtime"}, {"config"}, {"data", "figures", "harness"}, {"model"}, {"resolve", "variants"}, {"training"},
           {"evaluation", "explain", "deploy"}, {"explore", "shipped"},
           {"chapters", "runner", "cli", "__init__", "__main__"}]
 

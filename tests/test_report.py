@@ -68,6 +68,19 @@ def test_reproducing_lists_every_table_with_its_caption(tmp_path):
     assert "## How long the last whole run took\n\n| notebook | seconds |" in text
 
 
+def test_training_compute_counts_each_run_once_across_tables(tmp_path):
+    from fadenet.figures import training_compute
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    save_table(pd.DataFrame({"run": ["a", "b", ""], "minutes": [30.0, 90.0, None],
+                             "epoch_equivalents": [4.0, 12.0, None]}), "04_runs", cfg)
+    save_table(pd.DataFrame({"run": ["b", "c"], "minutes": [90.0, 6.0], "epoch_equivalents": [12.0, 2.0]}), "05_runs", cfg)
+    save_table(pd.DataFrame({"run": ["z"], "seconds": [1]}), "06_other", cfg)  # no compute columns: not read
+    assert training_compute(cfg.figures_path / "tables").to_dict("records") == [
+        {"table": "04_runs", "trainings": 2, "epoch-equivalents": 16.0, "hours": 2.0},
+        {"table": "05_runs", "trainings": 1, "epoch-equivalents": 2.0, "hours": 0.1},
+        {"table": "total", "trainings": 3, "epoch-equivalents": 18.0, "hours": 2.1}]
+
+
 def test_the_committed_reproducing_is_what_the_tables_generate():
     assert (ROOT / "REPRODUCING.md").read_text() == reproducing_markdown(load_config("reference")), \
         "REPRODUCING.md differs from figures/tables/: run `python -m fadenet report`"

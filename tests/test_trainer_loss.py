@@ -45,7 +45,7 @@ def _step_with_spies(cfg, monkeypatch) -> dict:
     x, ages, _ = next(iter(trainer.batches))
     seen["loss"], _ = trainer._step(trainer._input(x), ages, torch.Generator().manual_seed(5),
                                     np.random.default_rng(5), 0, 0)
-    seen["train_ages"] = torch.as_tensor(faces.ages[trainer.train_rows])
+    seen["train_ages"] = torch.as_tensor(faces.ages[trainer.parts.train_rows])
     return seen
 
 

@@ -98,6 +98,15 @@ def test_a_finished_run_is_reused_not_trained_again(cfg_factory, tmp_path, monke
 
 # ---- what a run writes --------------------------------------------------------------------
 
+def test_each_run_logs_to_its_own_file_only(cfg_factory, tmp_path):
+    first = train(cfg_factory("train.epochs=1", f"runs_dir={tmp_path}"), progress=False)
+    second = train(cfg_factory("train.epochs=2", f"runs_dir={tmp_path}"), progress=False)
+    assert first.folder != second.folder
+    first_log, second_log = (r.folder.joinpath("train.log").read_text() for r in (first, second))
+    assert first_log.count("epoch 1/1") == 1 and "epoch 1/2" not in first_log and "epoch 2/2" not in first_log
+    assert second_log.count("epoch 1/2") == 1 and second_log.count("epoch 2/2") == 1 and "epoch 1/1" not in second_log
+
+
 def test_a_run_writes_config_logs_events_and_checkpoints(cfg_factory, tmp_path):
     run = train(cfg_factory("train.epochs=2", f"runs_dir={tmp_path}"), progress=False)
     names = {p.name for p in run.folder.iterdir()}

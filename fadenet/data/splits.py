@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import Config, ConfigError
+from ..config import RATIO_SPLITS, Config, ConfigError
 from ..io import atomic_write_text
 from . import sources
 from .cache import FaceSet
 
-RATIO_SPLITS = {"80-10-10": (80, 10, 10), "90-5-5": (90, 5, 5), "72-8-20": (72, 8, 20)}
 PARTS = ("train", "val", "test")
 FOLDS = 10
 OFFICIAL_VAL_SHARE = (90, 10, 0)

@@ -2,10 +2,10 @@
 from .export import (DEFAULT_INT8, INT8_RECIPES, DeployError, Export, Int8Recipe, export_checkpoint, export_onnx,
                      ort_session, quantize_int8)
 from .int8 import int8_study, network_profile, op_profile
-from .speed import (BACKENDS, PARALLEL_SPP, available_backends, bench_models, hardware, hardware_text, speed_table,
+from .speed import (BACKENDS, PARALLEL_SPP, available_backends, bench_models, speed_table,
                     spp_pooling_speed)
 
 __all__ = ["DEFAULT_INT8", "INT8_RECIPES", "DeployError", "Export", "Int8Recipe", "export_checkpoint",
            "export_onnx", "ort_session", "quantize_int8", "BACKENDS", "PARALLEL_SPP", "available_backends",
-           "bench_models", "hardware", "hardware_text", "int8_study", "network_profile", "op_profile", "speed_table",
+           "bench_models", "int8_study", "network_profile", "op_profile", "speed_table",
            "spp_pooling_speed"]

@@ -54,7 +54,7 @@ class Int8Recipe:
     ORT fuses into integer kernels) or QOperator (integer operators written out); unsigned 8-bit
     activations with signed (S8) or unsigned (U8) 8-bit weights; weights per output channel;
     ``reduce_range`` keeps weights to 7 bits, which avoids the 16-bit overflow of AVX2's
-    u8 x s8 multiply-add (VPMADDUBSW) on CPUs without VNNI (``hardware()["simd"]`` says)."""
+    u8 x s8 multiply-add (VPMADDUBSW) on CPUs without VNNI (``fadenet.runtime.cpu_features()`` says)."""
     format: str = "qdq"
     weights: str = "int8"
     reduce_range: bool = True

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..config import Config
 from ..figures import save_table
-from ..model.variants import ABLATION, LEAVE_ONE_OUT, SWITCHES, VANILLA, names, variant
+from ..variants import ABLATION, LEAVE_ONE_OUT, SWITCHES, VANILLA, names, variant
 from .int8 import Int8Study
 from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, same_network
 

@@ -17,9 +17,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import os
-import platform
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,9 +33,10 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, ModelConfig
 from ..data import FaceSet, Split
+from ..harness import interleaved
 from ..model import SpatialPyramidPooling, build_model, count_macs, count_parameters
-from ..model.variants import VANILLA, VARIANTS, variant_config
-from ..runtime import compile_model, cpu_info, simd_text
+from ..variants import VANILLA, VARIANTS, variant_config
+from ..runtime import compile_model
 from .export import (DEFAULT_INT8, INPUT, Int8Recipe, calibration_batch,
                      export_onnx, face_batch, ort_session, quantize_int8, spread_rows)
 
@@ -120,20 +118,6 @@ def select_models(names: str | Sequence[str]) -> dict[str, Callable[[], nn.Modul
 def available_backends() -> list[str]:
     """The CPU back-ends, and the CUDA ones when a GPU is present."""
     return list(BACKENDS) + (list(CUDA_BACKENDS) if torch.cuda.is_available() else [])
-
-
-def hardware() -> dict[str, str | int]:
-    """The machine and software the figures were measured with."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    name, flags = cpu_info()
-    return {"cpu": name, "cores": os.cpu_count() or 0, "simd": simd_text(flags), "gpu": gpu,
-            "torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()}
-
-
-def hardware_text(threads: int, size: int) -> str:
-    h = hardware()
-    return (f"{h['cpu']} ({h['simd']}), {h['cores']} cores, {threads} threads; GPU: {h['gpu']}; "
-            f"torch {h['torch']}, onnxruntime {h['onnxruntime']}; {size}x{size} input")
 
 
 # ---- getting a back-end ready ----------------------------------------------------------------
@@ -273,21 +257,14 @@ def ready(net: Network, backend: str, x: torch.Tensor, budget: CompileBudget) ->
 # ---- timing ----------------------------------------------------------------------------------
 def round_robin(calls: dict, repeats: int, seconds: float, desc: str = "timing", progress: bool = True,
                 seed: int = 0, settle: float = SETTLE_SECONDS, block: float = BLOCK_SECONDS) -> dict[object, list[float]]:
-    """Latency of every call, in seconds: ``repeats`` rounds (fewer when ``seconds`` are spent,
-    but at least MIN_ROUNDS) in a shuffled order; in each round a call first runs untimed for
-    ``settle`` seconds, then timed for ``block`` seconds (at least once each)."""
-    times: dict[object, list[float]] = {key: [] for key in calls}
-    order = list(calls)
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    for r in tqdm(range(repeats), desc=desc, unit="round", disable=not progress, leave=False):
-        if r >= MIN_ROUNDS and time.perf_counter() - started > seconds:
-            break
-        rng.shuffle(order)
-        for key in order:
-            _run_for(calls[key], settle)
-            times[key] += _run_for(calls[key], block)
-    return times
+    """Latency of every call, in seconds, from :func:`fadenet.harness.interleaved` rounds (fewer than
+    ``repeats`` when ``seconds`` are spent, but at least MIN_ROUNDS); in each round a call first
+    runs untimed for ``settle`` seconds, then timed for ``block`` seconds (at least once each)."""
+    def turn(call: Callable[[], object]) -> Callable[[], list[float]]:
+        return lambda: (_run_for(call, settle), _run_for(call, block))[1]
+    rounds = interleaved({key: turn(call) for key, call in calls.items()}, repeats, seconds, MIN_ROUNDS, seed,
+                         desc, progress)
+    return {key: [t for block_times in times for t in block_times] for key, times in rounds.items()}
 
 
 def _run_for(call: Callable[[], object], seconds: float) -> list[float]:

@@ -61,7 +61,9 @@ def protocol_runs(cfg: Config, faces: FaceSet, cell: dict[str, bool], seed: int 
         return {"protocol": protocol, "rotation": rotation, "training faces": run.meta["trained_on"],
                 "train / val / test faces": f"{run.meta['trained_on']:,} / {len(split.val):,} / {len(split.test):,}",
                 "test MAE": run.meta["test_mae"],
-                "median-age predictor": median_predictor_mae(faces.ages[split.test], faces.ages[split.train])}
+                "median-age predictor": median_predictor_mae(faces.ages[split.test], faces.ages[split.train]),
+                "epoch_equivalents": round(run.meta["epoch_equivalents"], 3),
+                "minutes": round(run.meta["train_seconds"] / 60, 2), "run": run.folder.name}
 
     base = cell_config(cfg, cell, seed)
     kfold = [row("kfold", r, base.replaced({"data.split": "kfold", "data.fold": r})) for r in range(5)]
@@ -74,6 +76,7 @@ def protocol_runs(cfg: Config, faces: FaceSet, cell: dict[str, bool], seed: int 
     summary_row = {"protocol": "kfold", "rotation": "mean ± std", "training faces": round(k["training faces"].mean()),
                    "train / val / test faces": "",
                    "test MAE": f"{k['test MAE'].mean():.3f} ± {k['test MAE'].std(ddof=1):.3f}",
-                   "median-age predictor": k["median-age predictor"].mean()}
+                   "median-age predictor": k["median-age predictor"].mean(), "epoch_equivalents": None,
+                   "minutes": None, "run": ""}
     table["test MAE"] = table["test MAE"].map(lambda v: f"{v:.3f}")
     return pd.concat([table, pd.DataFrame([summary_row])], ignore_index=True).drop(columns=["training faces"])

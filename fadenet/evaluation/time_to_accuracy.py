@@ -154,3 +154,15 @@ def recipe_findings(table: pd.DataFrame) -> list[str]:
         lines.append(f"About {budget:g} epoch-equivalents: " + "; ".join(parts)
                      + (f"; the first is lower by {gap:.3f}." if gap == gap else "."))
     return lines
+
+
+def chapter_summary(meta: dict, curve: pd.DataFrame) -> str:
+    """What chapter 03 found, from its run's record (``run.meta``) and the time-to-accuracy table:
+    the model's best validation epoch, its test MAE (read once), its compute, and per budget which
+    recipe reached the lower validation MAE."""
+    lines = [f"- The model reaches validation MAE {meta['best_val_mae']:.3f} at epoch {meta['best_epoch']} of "
+             f"{meta['epochs_done']} ({meta['epoch_equivalents']:.2f} epoch-equivalents, "
+             f"{meta['trained_on']:,} training faces at {meta['size']} px); the test MAE of those weights, "
+             f"without TTA, is {meta['test_mae']:.3f}."]
+    lines += [f"- {line}" for line in recipe_findings(curve)]
+    return "\n".join(lines)

@@ -131,6 +131,14 @@ class AgeNet(nn.Module):
         new = {id(p) for m in _coordinate_attention_modules(self.backbone) for p in m.parameters()}
         return [p for p in self.backbone.parameters() if id(p) not in new]
 
+    def freeze_batchnorm(self, parameters: list[nn.Parameter]) -> None:
+        """Put the BatchNorm layers whose scale is among ``parameters`` in eval mode, so that while
+        those layers are frozen their running statistics stay as well."""
+        frozen = {id(p) for p in parameters}
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and id(m.weight) in frozen:
+                m.eval()
+
     def optimizer_groups(self, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
         """Parameter groups for an optimiser, each with its ``lr_scale`` (the trainer multiplies
         the scheduled rate by it). Weight decay on weight matrices and kernels only: decaying

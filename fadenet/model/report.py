@@ -1,4 +1,5 @@
-"""Tables and the block diagram of the architecture chapter (notebook 02)."""
+"""Tables and the block diagram of the architecture chapter (notebook 02); the variants' tables
+are in :mod:`fadenet.variants`."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,46 +7,18 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import torchvision
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops.misc import SqueezeExcitation
 
-from ..config import ModelConfig, load_config
+from ..config import ModelConfig
 from ..io import shown_path
 from .backbones import AUTO_ORDER
 from .network import AgeNet, CoordinateAttention, build_model
 from .predict import eval_mode
-from .summary import count_macs, count_parameters, parameter_table
-from .variants import VANILLA, VARIANTS, build_variant, overrides_text, variant_config
+from .summary import count_macs, parameter_table
 from .weights import resolve_backbone, weight_file, weights_obtainable
-
-
-def variant_table(size: int = 224) -> pd.DataFrame:
-    """One row per variant: what it is, the overrides that give it, its loss, its parameters
-    and its multiply-adds for one ``size`` x ``size`` image."""
-    macs = f"M multiply-adds @{size}px"
-    rows = []
-    for name, v in VARIANTS.items():
-        cfg = variant_config(name)
-        model = build_model(cfg.model)
-        rows.append({"group": v.group, "variant": name, "description": v.description,
-                     "overrides": overrides_text(name), "loss": "DLDL-v2" if cfg.loss.dldl_v2 else "plain DLDL",
-                     "parameters": count_parameters(model), macs: round(count_macs(model, size) / 1e6, 1)})
-    vanilla = torchvision.models.mobilenet_v3_large()
-    rows.append({"group": "reference", "variant": VANILLA,
-                 "description": "the 1000-class ImageNet classifier, for reference",
-                 "overrides": "(not an age model)", "loss": "ImageNet cross-entropy",
-                 "parameters": count_parameters(vanilla), macs: round(count_macs(vanilla, size) / 1e6, 1)})
-    return pd.DataFrame(rows)
-
-
-def baseline_representations() -> dict[str, int]:
-    """Parameters of the ablation baseline written both ways the configuration allows."""
-    as_switches = build_variant("baseline")
-    as_arch = build_model(load_config("paper", {"model.arch": "baseline"}).model)
-    return {"arch=fadenet, ca=msff=spp=false": count_parameters(as_switches), "arch=baseline": count_parameters(as_arch)}
 
 
 def part_costs(model: AgeNet, size: int = 224) -> pd.DataFrame:
@@ -69,31 +42,6 @@ def part_costs(model: AgeNet, size: int = 224) -> pd.DataFrame:
     table = parameter_table(model)[["parameters"]].copy()
     table[f"M multiply-adds @{size}px"] = (pd.Series(macs) / 1e6).round(1)
     table["share of multiply-adds %"] = (100 * pd.Series(macs) / macs["total"]).round(1)
-    return table
-
-
-def macs_comparison(size: int = 224) -> pd.DataFrame:
-    """FADE-Net against the plain MobileNetV3-Large classifier and the predecessor HAL-Net:
-    what is measured here, and, kept apart, what each source reports (one row per source)."""
-    fadenet = build_variant("fadenet")
-    vanilla = torchvision.models.mobilenet_v3_large()
-    meta = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V2.meta
-    classifier = "MobileNetV3-Large, the 1000-class ImageNet classifier"
-    rows = [
-        ("FADE-Net (paper configuration)", count_parameters(fadenet), count_macs(fadenet, size),
-         "4.84M", "not stated", "FADE-Net README"),
-        (classifier, count_parameters(vanilla), count_macs(vanilla, size),
-         "5.48M", "not stated", "FADE-Net README ('vanilla MobileNetV3-Large')"),
-        (classifier, None, None, "5.4M", "219M MAdds", "MobileNetV3 paper (Howard et al., 2019), Table 3"),
-        (classifier, None, None, f"{meta['num_params']:,}", f"{meta['_ops']} 'GFLOPS'",
-         "torchvision's weights metadata (IMAGENET1K_V2)"),
-        ("HAL-Net (FADE-Net's predecessor)", None, None, "~5.4M", "~219M 'FLOPs'", "HAL-Net README"),
-    ]
-    macs = f"M multiply-adds @{size}px, measured here"
-    table = pd.DataFrame(rows, columns=["model", "parameters, measured here", macs,
-                                        "parameters, reported", "cost @224px, reported", "reported in"])
-    table["parameters, measured here"] = table["parameters, measured here"].astype("Int64")
-    table[macs] = (table[macs] / 1e6).round(1)
     return table
 
 

@@ -1,9 +1,8 @@
 """``python -m fadenet bench train``: how fast the trainer's step runs in each of its modes.
 
 Every mode is the real training step (batches from the cache, augmentation, loss, clipping,
-EMA) of a :class:`Trainer` built with that mode's settings; the modes take turns in rounds,
-each round in another order, so that a change of the machine's speed during the measurement
-(another process, clock scaling) falls on all of them alike. The trainer's default mode and the
+EMA) of a :class:`Trainer` built with that mode's settings; the modes take turns in
+:func:`fadenet.harness.interleaved` rounds. The trainer's default mode and the
 earlier default are also timed as a bare step (forward, backward and AdamW on one fixed batch),
 so that the table says how much of the step the loop around it costs.
 """
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import FaceSet, Split
+from ..harness import interleaved
 from ..resolve import Resolved, resolve
 from ..runtime import pick_device, usable_cores
 from . import parallel
@@ -84,25 +84,27 @@ def training_modes(cfg: Config, faces: FaceSet, split: Split, modes: list[str] |
         for name, r in results.items():
             if probe[name] > SLOW * next(iter(probe.values())):
                 r.steps = 1
-        names = list(results)
-        cpu = {name: [0.0, 0.0] for name in names}
-        for i in range(rounds):
-            order = names[i % len(names):] + names[:i % len(names)]
-            for name in order if i % 2 == 0 else order[::-1]:
-                r, runner = results[name], runners[name]
-                seconds, cpu_seconds = runner.run("loop", r.steps)
-                r.rates.append(r.steps * runner.batch_size / seconds)
-                cpu[name][0] += cpu_seconds
-                cpu[name][1] += seconds
-                if name in BARE:
-                    seconds, _ = runner.run("bare", r.steps)
-                    r.bare.append(r.steps * runner.batch_size / seconds)
-        for name in names:
-            results[name].cpu_use = cpu[name][0] / cpu[name][1]
+        timed = {name: _turn(r, runners[name], bare=name in BARE) for name, r in results.items()}
+        for name, turns in interleaved(timed, rounds).items():
+            rates, cpu_seconds, seconds, bare = zip(*turns)
+            r = results[name]
+            r.rates, r.cpu_use = list(rates), sum(cpu_seconds) / sum(seconds)
+            r.bare = [b for b in bare if b is not None]
     finally:
         for runner in runners.values():
             runner.close()
     return list(results.values())
+
+
+def _turn(result: ModeResult, runner, bare: bool):
+    """A mode's turn in a round: images/s of its loop, its CPU and wall seconds, and (``bare``)
+    images/s of its bare step."""
+    images = result.steps * runner.batch_size
+
+    def call() -> tuple[float, float, float, float | None]:
+        seconds, cpu_seconds = runner.run("loop", result.steps)
+        return images / seconds, cpu_seconds, seconds, images / runner.run("bare", result.steps)[0] if bare else None
+    return call
 
 
 def _settings(mode: dict, cfg: Config) -> dict:
@@ -138,7 +140,7 @@ class _Steps:
 
     def describe(self) -> str:
         t = self.trainer
-        parts = ["channels-last" if t.memory_format == torch.channels_last else "NCHW", t.cfg.train.precision,
+        parts = ["channels-last" if t.parts.memory_format == torch.channels_last else "NCHW", t.cfg.train.precision,
                  "fused AdamW" if t.cfg.train.fused_adamw else "AdamW", "compiled" if t.compiled else "eager",
                  f"{self.group.world} x {torch.get_num_threads()} threads"]
         return ", ".join(parts)
@@ -173,7 +175,7 @@ class _Steps:
         t = self.trainer
         with torch.autocast(t.device.type, dtype=t.autocast_dtype or torch.float32,
                             enabled=t.autocast_dtype is not None):
-            logits = t._forward(self.x)
+            logits = t.net(self.x)
         loss = -(F.log_softmax(logits.float(), 1) * self.target).sum(1).mean()
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -65,6 +65,24 @@ class Parts:
     train_rows: np.ndarray      # the faces trained on (all of the training split, or a share)
     memory_format: torch.memory_format
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs of the parts (plain tensors and numbers)."""
+        return {"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                "ema_averaged": int(self.ema.n_averaged), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.n_averaged.fill_(state["ema_averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def set_lr(self, lr: float) -> None:
+        """The scheduled rate, times each optimiser group's ``lr_scale`` (see ``AgeNet.optimizer_groups``)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+
 
 def build_parts(setup: Resolved, faces: FaceSet, split: Split, device: torch.device,
                 rank: int = 0, world: int = 1) -> Parts:

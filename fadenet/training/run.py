@@ -22,6 +22,8 @@ from ..config import Config, config_from_dict
 from ..io import atomic_path, atomic_write_text
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 
+log = logging.getLogger("fadenet.train")
+
 
 @dataclass
 class Run:
@@ -83,6 +85,14 @@ class RunFolder:
         from torch.utils.tensorboard import SummaryWriter
         return SummaryWriter(str(self.path / "tb"), purge_step=purge_step)
 
+    def log_epoch(self, writer, row: dict, epochs: int, best: bool) -> None:
+        """One finished epoch: its scalars to TensorBoard, one line to the log."""
+        for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
+            writer.add_scalar(f"epoch/{key}", row[key], row["epoch"] - 1)
+        if self.main:
+            log.info("epoch %d/%d: train loss %.4f, val MAE %.3f%s (%.0f s)", row["epoch"], epochs,
+                     row["train_loss"], row["val_mae"], " (best)" if best else "", row["seconds"])
+
     def save_checkpoint(self, name: str, cfg: Config, meta: dict, source: str, epoch: int,
                         weights: dict, **extra) -> None:
         """Plain data only (config and metadata as dicts, tensors), written atomically."""
@@ -127,14 +137,23 @@ class RunFolder:
         if self.main:
             atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=1))
 
-    def _log_to_file(self) -> None:
-        path = str(self.path / "train.log")
+    def close(self, every_run: bool = False) -> None:
+        """Stop logging to this run's ``train.log`` (``every_run``: to any run's), so that the next
+        run of the process logs to its own file only."""
         root = logging.getLogger("fadenet")
-        if not any(getattr(h, "baseFilename", None) == path for h in root.handlers):
-            handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        mine = str((self.path / "train.log").resolve())
+        for handler in [h for h in root.handlers if getattr(h, "run_log", False)]:
+            if every_run or handler.baseFilename == mine:
+                root.removeHandler(handler)
+                handler.close()
+
+    def _log_to_file(self) -> None:
+        self.close(every_run=True)  # e.g. an earlier run of this process that was interrupted
+        handler = logging.FileHandler(self.path / "train.log")
+        handler.run_log = True
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("fadenet").addHandler(handler)
+        logging.getLogger("fadenet").setLevel(logging.INFO)
 
 
 class _NoWriter:

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import FaceSet, Split, load_split, prepare
 from ..data.loader import mixup
+from ..harness import machine_text
 from ..model import age_spread, count_parameters, expected_age, predict, predict_probs
 from ..resolve import Resolved, resolve
-from ..runtime import compile_model, machine_text
+from ..runtime import CompiledOrEager
 from . import parallel
 from .budget import ComputeMeter, stage_size
 from .recipe import Parts, build_parts, lr_at
@@ -84,17 +85,16 @@ class Trainer:
                  device: torch.device, progress: bool = True, group: parallel.Group | None = None):
         self.cfg, self.faces, self.split, self.folder, self.progress = setup.config, faces, split, folder, progress
         self.device, self.group = device, group or parallel.Group()
+        self.parts = parts
         self.model, self.ema, self.optimizer, self.scaler = parts.model, parts.ema, parts.optimizer, parts.scaler
-        self.loss, self.batches, self.train_rows, self.memory_format = parts.loss, parts.batches, parts.train_rows, parts.memory_format
+        self.loss, self.batches = parts.loss, parts.batches
         t = self.cfg.train
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.net = self.model  # what the step calls: the model, wrapped for data parallelism and compiled
         if self.group.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda")
-        self._compile_checked = False
-        if self.compiled:
-            self.net = compile_model(self.net)
+        if t.compile == "true" or (t.compile == "auto" and device.type == "cuda"):
+            self.net = CompiledOrEager(self.net)
         self.compute = ComputeMeter(self.model, len(split.train))
         self.steps_per_epoch = len(self.batches)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -102,6 +102,11 @@ class Trainer:
         self.frozen = self.model.pretrained_parameters() if t.freeze_epochs > 0 else []
         self.history: list[dict] = []
         self.best_mae, self.best_epoch, self.start_epoch = math.inf, -1, 0
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs compiled (False again after a failed compile)."""
+        return isinstance(self.net, CompiledOrEager) and self.net.compiled
 
     @classmethod
     def build(cls, setup: Resolved, faces: FaceSet, split: Split, progress: bool = True,
@@ -125,8 +130,7 @@ class Trainer:
         if main:
             self._write_meta("running")
             log.info("training in %d process(es) of %d thread(s), %s%s, on %s", self.group.world,
-                     torch.get_num_threads(), self.cfg.train.precision, ", compiled" if self.compiled else "",
-                     self.device)
+                     torch.get_num_threads(), self.cfg.train.precision, ", compiled" if self.compiled else "", self.device)
         writer = self.folder.writer(purge_step=self.start_epoch * self.steps_per_epoch)
         started = time.perf_counter()
         try:
@@ -139,12 +143,7 @@ class Trainer:
                     self._save_best(epoch)
                 self._save_last(epoch)
                 self.group.barrier()  # checkpoints written before any process reads them
-                for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
-                    writer.add_scalar(f"epoch/{key}", row[key], epoch)
-                if main:
-                    log.info("epoch %d/%d: train loss %.4f, val MAE %.3f%s (%.0f s)", epoch + 1,
-                         self.cfg.train.epochs, row["train_loss"], row["val_mae"],
-                             " (best)" if improved else "", row["seconds"])
+                self.folder.log_epoch(writer, row, self.cfg.train.epochs, improved)
                 out_of_time = bool(self.cfg.train.max_minutes) and \
                     time.perf_counter() - started > 60 * self.cfg.train.max_minutes
                 if self.group.any(out_of_time):  # all processes stop after the same epoch
@@ -156,19 +155,22 @@ class Trainer:
             raise
         finally:
             writer.close()
-        self._finish()
+        try:
+            self._finish()
+        finally:
+            self.folder.close()
         self.group.barrier()
         return load_run(self.folder.path)
 
     def _epoch(self, epoch: int, writer) -> dict:
         t, model = self.cfg.train, self.model
-        self._seed_epoch(epoch)
+        torch.manual_seed(t.seed * 1_000_003 + epoch + 7_919 * self.group.rank)  # dropout
         frozen = epoch < t.freeze_epochs and bool(self.frozen)
         for p in self.frozen:
             p.requires_grad_(not frozen)
         model.train()
         if frozen:  # frozen ImageNet layers keep their BatchNorm statistics too
-            _freeze_batchnorm(model, {id(p) for p in self.frozen})
+            model.freeze_batchnorm(self.frozen)
         size = stage_size(t.sizes, epoch, t.epochs, self.faces.size)
         self.batches.set_epoch(epoch, size)
         rank = self.group.rank  # each process draws its own label noise and mixup; rank 0 as a single process would
@@ -181,8 +183,7 @@ class Trainer:
         for b, (x, ages, _) in enumerate(bar):
             step = epoch * self.steps_per_epoch + b
             lr = lr_at(step, self.total_steps, self.warmup_steps, t.lr, t.min_lr_ratio, t.schedule)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+            self.parts.set_lr(lr)
             loss, mae = self._step(self._input(x), ages.to(self.device), gen, rng, epoch, b)
             losses.append(loss)
             if mae is not None:
@@ -211,7 +212,7 @@ class Trainer:
             x, target, ages, weights, _ = mixup(x, target, ages, weights, t.mixup_alpha, rng)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            logits = self._forward(x)
+            logits = self.net(x)
         loss, _ = self.loss(logits.float(), target, ages, weights)  # the loss in FP32 whatever the precision
         value = self.group.mean(loss)  # the batch's loss over all processes: all stop together if it diverges
         if not math.isfinite(value):
@@ -230,22 +231,8 @@ class Trainer:
         mae = None if mixed else (predict(logits.detach().float())[1] - ages).abs().mean().item()
         return value, mae
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's output; where torch.compile fails (its first call compiles), one
-        warning and the step goes on uncompiled."""
-        if not self.compiled or self._compile_checked:
-            return self.net(x)
-        self._compile_checked = True
-        try:
-            return self.net(x)
-        except Exception as e:  # noqa: BLE001 - any compiler failure; the eager step is the fallback
-            log.warning("torch.compile failed (%s); training without it", str(e).strip().splitlines()[0][:200])
-            self.compiled = False
-            self.net = self.net._orig_mod
-            return self.net(x)
-
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, memory_format=self.memory_format)
+        return x.to(self.device, memory_format=self.parts.memory_format)
 
     def validate(self, rows: np.ndarray | None = None) -> tuple[float, float]:
         """(loss, MAE) of the EMA weights on the validation rows (no augmentation, no TTA)."""
@@ -269,16 +256,12 @@ class Trainer:
         return float(loss), float(np.abs(expected_age(probs) - ages.numpy()).mean())
 
     # ---- state --------------------------------------------------------------------------
-    def _seed_epoch(self, epoch: int) -> None:
-        torch.manual_seed(self.cfg.train.seed * 1_000_003 + epoch + 7_919 * self.group.rank)  # dropout
-
     def _checkpoint(self, name: str, epoch: int, weights: dict, **extra) -> None:
         self.folder.save_checkpoint(name, self.cfg, self.model.meta, self.faces.source, epoch, weights, **extra)
 
     def _save_last(self, epoch: int) -> None:
-        self._checkpoint("last.pt", epoch, self.model.state_dict(), ema=self.ema.module.state_dict(),
-                         ema_averaged=int(self.ema.n_averaged), optimizer=self.optimizer.state_dict(),
-                         scaler=self.scaler.state_dict(), best_val_mae=self.best_mae,
+        state = self.parts.state_dict()
+        self._checkpoint("last.pt", epoch, state.pop("model"), **state, best_val_mae=self.best_mae,
                          best_epoch=self.best_epoch, history=self.history)
         self.folder.write_history(self.history)
 
@@ -291,11 +274,7 @@ class Trainer:
             self.folder.keep_batches_before(0)
             return
         state = self.folder.load_checkpoint("last.pt", expect=self.cfg)
-        self.model.load_state_dict(state["model"])
-        self.ema.module.load_state_dict(state["ema"])
-        self.ema.n_averaged.fill_(state["ema_averaged"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.parts.load_state_dict(state)
         self.best_mae, self.best_epoch = state["best_val_mae"], state["best_epoch"]
         self.history = list(state["history"])
         self.start_epoch = state["epoch"]
@@ -322,7 +301,7 @@ class Trainer:
         meta = {"status": status, "run_id": self.folder.path.name, "profile": self.cfg.profile,
                 **self.model.meta, "source": self.faces.source, "images": len(self.faces),
                 "split": self.split.protocol, "fold": self.split.fold, "train": len(self.split.train),
-                "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.train_rows),
+                "val": len(self.split.val), "test": len(self.split.test), "trained_on": len(self.parts.train_rows),
                 "size": self.faces.size,
                 "parameters": count_parameters(self.model),
                 "precision": self.cfg.train.precision, "compiled": self.compiled, "processes": self.group.world,
@@ -332,9 +311,3 @@ class Trainer:
                 "best_val_mae": None if math.isinf(self.best_mae) else self.best_mae,
                 "train_seconds": round(sum(r["seconds"] for r in self.history), 1), **extra}
         self.folder.write_meta(meta)
-
-
-def _freeze_batchnorm(model: torch.nn.Module, frozen: set[int]) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None and id(m.weight) in frozen:
-            m.eval()
