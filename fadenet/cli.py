@@ -135,10 +135,11 @@ def cmd_bench_faces(args) -> None:
     model, trained_cfg, state = load_model(args.checkpoint)
     predictor = AgePredictor.for_model(model, trained_cfg, args.checkpoint, engine=args.engine)
     faces, split = trained_faces(trained_cfg, state)
-    rows = spread(split.test, args.count or _config(args).bench.faces)
+    cfg = _config(args)
+    rows = spread(split.test, args.count or cfg.bench.faces)
     detectors = [d for d in args.detectors if d == "haar" or available(d)]
     table = bench_faces(predictor, faces, rows, detectors)
-    report(table, "bench_faces", _config(args),
+    report(table, "bench_faces", cfg,
            f"{machine_text()}; {len(rows)} test faces of {faces.source} ({args.checkpoint.parent.name}, "
            f"{faces.size}px), TTA none, network in {args.engine}; python -m fadenet bench faces")
     missing = sorted(set(args.detectors) - set(detectors))

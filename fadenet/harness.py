@@ -8,6 +8,7 @@ comparable when the absolute figures do not.
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ Key = TypeVar("Key", bound=Hashable)
 Result = TypeVar("Result")
 
 
+@functools.cache  # the same all process long; every run record asks for it
 def machine_text(threads: int | None = None) -> str:
     """The machine and software in words, for captions and run records: CPU, its features,
     cores (and the ``threads`` used, if given), GPU, torch and ONNX Runtime versions."""
