@@ -16,8 +16,8 @@ def pretrained(device: str = "cpu"):
 
 
 def photo_model(cfg):
-    """The model chapter 08 works with (``eval.photo_model``: shipped or this profile's run) and
-    the faces it was trained on; see :func:`fadenet.shipped.photo_model`."""
+    """The model users get (``eval.photo_model``: shipped or this profile's run; chapters 05 and
+    08 study it) and the faces it was trained on; see :func:`fadenet.shipped.photo_model`."""
     from .shipped import photo_model as choose
     return choose(cfg)
 

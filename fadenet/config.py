@@ -167,8 +167,8 @@ class EvalConfig:
     budgets: tuple[float, ...] = not_result((2.0, 4.0, 8.0))
     budget_seeds: tuple[int, ...] = not_result((42, 1337))
     lever_budget: float = not_result(2.0)  # each lever of configs/recipes/levers.yaml, one seed; 0 = none
-    # the model of chapter 08 (photos, robustness, fairness): the package's pretrained one, or
-    # this profile's chapter 03 run
+    # the model users get (chapter 08's photos and robustness, chapter 05's fairness table): the
+    # package's pretrained one, or this profile's chapter 03 run
     photo_model: str = not_result("shipped")  # shipped | trained
 
 

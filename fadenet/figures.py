@@ -198,6 +198,22 @@ def training_compute(folder: Path) -> pd.DataFrame:
     return out
 
 
+def quiet_machine_hours(epoch_equivalents: float, folder: Path) -> str:
+    """The trainings' compute as hours of training steps on a quiet machine: epoch-equivalents x
+    faces of the training split (chapter 01's split table) / the trainer's own images/s (the last
+    row of chapter 03's speed table); empty where either table is missing."""
+    split, speed = folder / "01_split_80-10-10.csv", folder / "03_training_speed.csv"
+    if not (split.is_file() and speed.is_file()):
+        return ""
+    faces = int(pd.read_csv(split).iloc[-1]["train"])
+    rate = float(str(pd.read_csv(speed).iloc[-1]["images/s"]).split()[0])
+    hours = epoch_equivalents * faces / rate / 3600
+    return (f"In compute: {epoch_equivalents:g} epoch-equivalents of the {faces:,}-face training split, "
+            f"{epoch_equivalents * faces / 1e6:.2f} M training images; at the trainer's {rate:g} images/s measured "
+            f"in chapter 03 on this machine that is {hours:.1f} hours of training steps on a quiet machine, before "
+            f"the evaluations.")
+
+
 def reproducing_markdown(cfg: Config) -> str:
     """REPRODUCING.md: how to re-run, how long the last whole run took, and the provenance
     line of every committed table."""
@@ -210,7 +226,8 @@ def reproducing_markdown(cfg: Config) -> str:
     if len(compute) > 1:
         parts.append("## The trainings behind the tables\n\nEach training once, however many tables read it "
                      "(a whole run reuses finished trainings; these minutes are their own, on the machine "
-                     f"each ran on):\n\n{markdown_table(compute)}")
+                     f"each ran on):\n\n{markdown_table(compute)}\n\n"
+                     + quiet_machine_hours(float(compute.iloc[-1]["epoch-equivalents"]), folder))
     rows = []
     for md in sorted(folder.glob("*.md")):
         lines = md.read_text().strip().splitlines()

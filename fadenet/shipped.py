@@ -274,9 +274,10 @@ age verification): an error of several years is typical and larger at the extrem
 above). All-Age-Faces holds East Asian faces only, photographed mostly frontal and well lit:
 on faces of other ethnicities, on children under 2 or adults over 80, or in profile, the error
 is unmeasured here and likely larger. What compression, blur, low resolution, light, noise and
-a covered face do to it, and how it differs between women and men across ages, chapter 08
-measures on the test faces (`figures/tables/08_robustness.csv`, `08_fairness.csv`). Ages are the
-dataset's labels (real age), not apparent age.
+a covered face do to it, chapter 08 measures on the test faces
+(`figures/tables/08_robustness.csv`); how it differs between women and men across ages, chapter
+05 (`figures/tables/05_fairness.csv`). Ages are the dataset's labels (real age), not apparent
+age.
 
 ## Licence
 The code is MIT. The weights are learnt from All-Age-Faces, released by its authors for

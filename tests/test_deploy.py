@@ -265,6 +265,39 @@ def test_chapter_04_networks_map_to_the_variant_the_speed_table_times_by_their_s
     assert timed_variant(row(True, True, False, False)) is None  # two ideas on: no variant of its own
 
 
+def test_timed_networks_are_named_in_words():
+    from fadenet.deploy.report import reader_name
+    assert [reader_name(m) for m in ("fadenet", "baseline", "+ca", "-spp", "-dldl_v2", "mobilenet_v2", "resnet18",
+                                     "fadenet (parallel SPP)", "torchvision mobilenet_v3_large")] == [
+        "FADE-Net", "baseline", "baseline + coordinate attention", "FADE-Net without SPP",
+        "FADE-Net without the DLDL-v2 loss", "MobileNetV2 baseline", "ResNet-18 baseline", "FADE-Net (parallel SPP)",
+        "MobileNetV3-Large classifier (torchvision)"]
+
+
+def test_speed_figure_puts_each_network_on_its_own_named_row_with_its_chapter04_mae():
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    from fadenet.deploy.report import speed_figure
+    from fadenet.deploy.speed import BACKENDS
+    table = pd.DataFrame([{"model": m, "backend": BACKENDS[b], "batch": 1, "images/s": r, "parameters": p}
+                          for m, p, rates in [("fadenet", 4.8e6, (50, 140)), ("baseline", 4.0e6, (60, 170)),
+                                              ("-spp", 3.3e6, (70, 150))]
+                          for b, r in zip(("eager", "ort_fp32"), rates)])
+    accuracy = pd.DataFrame([{"network": "FADE-Net", "ca": True, "msff": True, "spp": True, "dldl_v2": True,
+                              "test MAE mean": 5.0, "test MAE std": 0.1},
+                             {"network": "baseline + the DLDL-v2 loss", "ca": False, "msff": False, "spp": False,
+                              "dldl_v2": True, "test MAE mean": 5.2, "test MAE std": 0.1}])
+    fig = speed_figure(table, accuracy)
+    left, right = fig.axes[:2]
+    # fastest at the top: rows from the bottom are FADE-Net (140), without SPP (150), baseline (170)
+    assert [t.get_text() for t in left.get_yticklabels()] == [
+        "FADE-Net (4.8 M)", "FADE-Net without SPP (3.3 M)", "baseline (4.0 M)"]
+    # the loss-only variant is the baseline network: it sits on the baseline's row
+    points = sorted(tuple(bar.lines[0].get_xydata()[0]) for bar in right.containers)
+    assert points == [(5.0, 0.0), (5.2, 2.0)]
+
+
 def test_chapter07_summary_states_speed_and_each_target_from_the_tables():
     import pandas as pd
     from fadenet.deploy.report import chapter_summary

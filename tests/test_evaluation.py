@@ -296,6 +296,22 @@ def test_chapter05_summary_states_the_tta_and_ensemble_gains_from_the_seed_table
         "- TTA flip changes a single model's test MAE by -0.100 to +0.050 years (2 models).")
 
 
+def test_fairness_findings_name_each_gender_and_the_worst_and_best_cell():
+    from fadenet.evaluation.report import chapter_summary, fairness_findings
+    row = lambda g, a, n, m, b: {"gender": g, "ages": a, "faces": n, "MAE": m, "MAE low": m - 0.5,
+                                 "MAE high": m + 0.5, "bias": b}
+    fair = pd.DataFrame([row("female", "0-12", 40, 2.0, 0.5), row("female", "60+", 20, 7.0, -4.0),
+                         row("female", "all", 60, 3.5, -1.0), row("male", "0-12", 30, 3.0, 1.0),
+                         row("male", "all", 30, 3.0, 1.0)])
+    expected = ("By person, the model `predict` uses: female MAE 3.50 (3.00 to 4.00), bias -1.00, male MAE 3.00 (2.50 to 3.50), bias "
+                "+1.00; worst cell female 60+ (MAE 7.00, 6.50 to 7.50, 20 faces), 5.00 years above the best, "
+                "female 0-12 (2.00).")
+    assert fairness_findings(fair) == expected
+    seeds = pd.DataFrame({"model": ["seed 42"], "test MAE, TTA none": [5.0]})
+    groups = pd.DataFrame({"age_group": ["0-9"], "faces": [10], "MAE": [2.5], "mean error": [0.0]})
+    assert chapter_summary(seeds, groups, fair=fair).splitlines()[-1] == f"- {expected}"
+
+
 def test_literature_rows_name_split_and_subject_exclusivity_and_list_a_model_once():
     from fadenet.evaluation.report import LITERATURE, literature_table, measured_rows
     cfg = load_config("smoke")
@@ -316,3 +332,16 @@ def test_literature_rows_name_split_and_subject_exclusivity_and_list_a_model_onc
                           full={**full, "same_as_first_seed": False})
     assert [r["method"] for r in again][-1] == "FADE-Net (this workbook), seed 42, no TTA"
     assert {r["subject-exclusive"] for r in again} == {"yes"}
+
+
+def test_error_figure_keeps_its_bar_labels_inside_their_panel():
+    import matplotlib
+    matplotlib.use("Agg")
+    from fadenet.evaluation.report import error_figures
+    ages = np.array([5, 15, 25, 35, 45, 55, 65, 75] * 3, dtype=float)
+    table = predictions_table(np.eye(81)[np.clip(ages.astype(int) + np.tile([0, 3, 9], 8), 0, 80)], ages)
+    fig = error_figures(table, "hand-made")
+    panel = fig.axes[2]
+    fig.canvas.draw()
+    box = panel.get_window_extent()
+    assert panel.texts and all(t.get_window_extent().y1 <= box.y1 for t in panel.texts)

@@ -413,3 +413,21 @@ def test_the_onnx_engine_predicts_what_pytorch_predicts(smoke_run, aaf_images, t
     [by_torch], [by_onnx] = torch_predictor.predict_image(rgb), onnx_predictor.predict_image(rgb)
     np.testing.assert_allclose(by_onnx.probs, by_torch.probs, atol=1e-5)
     assert by_onnx.probs.sum() == pytest.approx(1, abs=1e-5) and by_onnx.probs.max() > 0.05
+
+
+@pytest.mark.parametrize("peak", [3, 40, 78])
+def test_distribution_legend_stays_off_the_bars(peak):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from fadenet.explore.report import distribution_axes
+    ages = np.arange(81)
+    probs = np.exp(-0.5 * ((ages - peak) / 3.0) ** 2)
+    fig = Figure(figsize=(4.2, 2.4), dpi=90)
+    ax = fig.add_subplot()
+    distribution_axes(ax, probs / probs.sum(), true_age=peak)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    bars = ax.containers[0]  # the distribution (the shaded interval is a patch too, not a bar)
+    tall = [bar.get_window_extent() for bar in bars if bar.get_height() > 0.1 * (probs / probs.sum()).max()]
+    assert tall and not any(legend.overlaps(bar) for bar in tall)

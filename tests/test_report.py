@@ -81,6 +81,21 @@ def test_training_compute_counts_each_run_once_across_tables(tmp_path):
         {"table": "total", "trainings": 3, "epoch-equivalents": 18.0, "hours": 2.1}]
 
 
+def test_quiet_machine_hours_divide_the_training_images_by_the_trainers_rate(tmp_path):
+    from fadenet.figures import quiet_machine_hours
+    cfg = load_config("smoke", f"figures_dir={tmp_path / 'figures'}")
+    folder = cfg.figures_path / "tables"
+    assert quiet_machine_hours(10.0, folder) == ""
+    save_table(pd.DataFrame({"age group": ["0-9", "all ages"], "train": [100, 3600]}), "01_split_80-10-10", cfg)
+    save_table(pd.DataFrame({"mode": ["old", "the trainer's default"], "images/s": ["50.0 (49-51)", "20.0 (19.5-21)"]}),
+               "03_training_speed", cfg)
+    # 10 epochs x 3,600 faces / 20 images/s = 1,800 s
+    assert quiet_machine_hours(10.0, folder) == (
+        "In compute: 10 epoch-equivalents of the 3,600-face training split, 0.04 M training images; at the "
+        "trainer's 20 images/s measured in chapter 03 on this machine that is 0.5 hours of training steps on a "
+        "quiet machine, before the evaluations.")
+
+
 def test_the_committed_reproducing_is_what_the_tables_generate():
     assert (ROOT / "REPRODUCING.md").read_text() == reproducing_markdown(load_config("reference")), \
         "REPRODUCING.md differs from figures/tables/: run `python -m fadenet report`"

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..evaluation.factorial import IDEAS, cell_name
 from ..figures import save_table
-from ..variants import ABLATION, LEAVE_ONE_OUT, SWITCHES, VANILLA, names, variant
+from ..model.backbones import backbone
+from ..variants import ABLATION, LEAVE_ONE_OUT, OTHER, SWITCHES, VANILLA, names, variant
 from .int8 import Int8Study
 from .speed import BACKENDS, CUDA_BACKENDS, PARALLEL_SPP, same_network
 
@@ -111,52 +113,68 @@ def speed_claims(table: pd.DataFrame, hardware: str) -> pd.DataFrame:
 
 
 def speed_figure(table: pd.DataFrame, accuracy: pd.DataFrame | None, batch: int = 1) -> plt.Figure:
-    """Images/s at ``batch`` against parameters (left; PyTorch eager and each network's fastest
-    back-end) and against test MAE (right): ``accuracy`` has one row per network of chapter 04
-    (its name in words, its four switches, "test MAE mean" and "test MAE std"), None before
-    chapter 04 has run."""
+    """One row per network, named in words with its parameters, the fastest at the top: its
+    images/s at ``batch`` (left; the fastest back-end as a bar, PyTorch eager as a dot) and its
+    chapter 04 test MAE (right; mean and standard deviation over seeds). ``accuracy`` has one row
+    per network of chapter 04 (its name in words, its four switches, "test MAE mean" and "test
+    MAE std"); None before chapter 04 has run."""
     fastest = [best_backend(table, name, batch) for name in dict.fromkeys(table["model"])]
-    best = pd.DataFrame([row for row in fastest if row is not None])
+    best = pd.DataFrame([row for row in fastest if row is not None]).sort_values("images/s").reset_index(drop=True)
     eager = table[(table["backend"] == EAGER) & (table["batch"] == batch)].set_index("model")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    for _, row in best.iterrows():
-        params = row["parameters"] / 1e6
-        left.scatter(params, row["images/s"], color="tab:blue", zorder=3)
-        if row["model"] in eager.index:
-            left.scatter(params, eager.loc[row["model"], "images/s"], facecolor="none", edgecolor="tab:gray", zorder=3)
-        left.annotate(row["model"], (params, row["images/s"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    left.scatter([], [], color="tab:blue", label="fastest back-end")
-    left.scatter([], [], facecolor="none", edgecolor="tab:gray", label="PyTorch eager")
-    left.set(xlabel="parameters (millions)", ylabel=f"images/s (batch {batch})", yscale="log",
-             title="speed against size")
-    left.legend(fontsize=8)
-    _mae_panel(right, best, accuracy, batch)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.6), sharey=True, width_ratios=(1.2, 1))
+    y = np.arange(len(best))
+    left.barh(y, best["images/s"], color="tab:blue", label="fastest back-end")
+    rates = [eager.loc[m, "images/s"] if m in eager.index else np.nan for m in best["model"]]
+    left.scatter(rates, y, facecolor="white", edgecolor="0.2", zorder=3, label="PyTorch eager")
+    left.set_yticks(y, [f"{reader_name(m)} ({p / 1e6:.1f} M)" for m, p in zip(best["model"], best["parameters"])],
+                    fontsize=8)
+    left.set(xlabel=f"images/s (batch {batch})", title="speed (parameters in millions)")
+    left.legend(fontsize=8, loc="lower right")
+    _mae_panel(right, best, accuracy)
     fig.tight_layout()
     return fig
 
 
-def _mae_panel(ax: plt.Axes, best: pd.DataFrame, accuracy: pd.DataFrame | None, batch: int) -> None:
-    ax.set(title="speed against accuracy", xlabel="test MAE (years), chapter 04", ylabel=f"images/s (batch {batch})")
+def _mae_panel(ax: plt.Axes, best: pd.DataFrame, accuracy: pd.DataFrame | None) -> None:
+    ax.set(title="accuracy (mean ± SD over seeds)", xlabel="test MAE (years), chapter 04")
     if accuracy is None or accuracy.empty:
         ax.text(0.5, 0.5, "no test MAE yet:\nchapter 04 has stored no runs\n(run notebook 04)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.4")
         return
-    speed = best.set_index("model")["images/s"]
+    row_of = {model: i for i, model in enumerate(best["model"])}
     aliases = same_network()
     shown = 0
     for _, row in accuracy.iterrows():
         name = timed_variant(row)
         timed = aliases.get(name, name)
-        if timed not in speed.index:
+        if timed not in row_of:
             continue
-        ax.errorbar(row["test MAE mean"], speed[timed], xerr=np.nan_to_num(row.get("test MAE std", 0.0)), fmt="o",
-                    color="tab:blue", capsize=3)
-        ax.annotate(row["network"], (row["test MAE mean"], speed[timed]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        # the loss does not change the network: a row holds it trained with either loss
+        v2 = bool(row["dldl_v2"])
+        ax.errorbar(row["test MAE mean"], row_of[timed], xerr=np.nan_to_num(row.get("test MAE std", 0.0)), fmt="o",
+                    color="tab:blue", mfc="tab:blue" if v2 else "white", capsize=3,
+                    label="trained with the DLDL-v2 loss" if v2 else "trained with plain DLDL")
         shown += 1
     if not shown:
         ax.text(0.5, 0.5, "no network of chapter 04 was timed here", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
+        return
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    ax.legend(handles.values(), handles.keys(), fontsize=8, loc="lower right")
+
+
+def reader_name(model: str) -> str:
+    """A timed network as a reader names it: "FADE-Net without SPP", "MobileNetV2 baseline"."""
+    if model in names(ABLATION, LEAVE_ONE_OUT):
+        settings = variant(model).settings
+        return cell_name({idea: settings[key] for idea, (key, _) in IDEAS.items()})
+    if model in names(OTHER):
+        return f"{backbone(model).title} baseline"
+    if model == VANILLA:
+        return f"{backbone('mobilenet_v3_large').title} classifier (torchvision)"
+    if model == PARALLEL_SPP:
+        return "FADE-Net (parallel SPP)"
+    return model
 
 
 def timed_variant(row: pd.Series) -> str | None:

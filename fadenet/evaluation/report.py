@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..config import Config
 from ..data.sources import SOURCE_NAMES
-from .metrics import cumulative_scores, mae_per_group
+from .metrics import LIFE_STAGES, cumulative_scores, mae_per_group
 
 # The FADE-Net README's AFAD table (reported there, not measured here): method, backbone, MAE,
 # parameters, where it is reported, the split, whether the split keeps each person's images in
@@ -137,7 +137,9 @@ def error_figures(table: pd.DataFrame, label: str) -> plt.Figure:
     groups.bar(per_group["age_group"], per_group["MAE"], color="tab:orange")
     for x, (mae, n) in enumerate(zip(per_group["MAE"], per_group["faces"])):
         groups.text(x, mae + 0.1, f"{mae:.1f}\n({n})", ha="center", fontsize=7)
-    groups.set(xlabel="age group (faces)", ylabel="MAE (years)", title="MAE per age group")
+    # headroom for the two-line labels above the tallest bar, which would otherwise cross the title
+    groups.set(xlabel="age group (faces)", ylabel="MAE (years)", title="MAE per age group",
+               ylim=(0, 1.2 * per_group["MAE"].max() + 0.5))
     fig.tight_layout()
     return fig
 
@@ -246,9 +248,44 @@ def protocol_findings(protocols: pd.DataFrame) -> list[str]:
             f"not comparable with it."]
 
 
-def chapter_summary(seeds: pd.DataFrame, per_group: pd.DataFrame, protocols: pd.DataFrame | None = None) -> str:
+def fairness_figure(table, title: str = "") -> plt.Figure:
+    """MAE and bias per life stage, one line per gender, with 95% intervals, from
+    :func:`.metrics.fairness_table`."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for offset, (gender, part) in zip((-0.08, 0.08), table[table["ages"] != "all"].groupby("gender")):
+        x = np.array([LIFE_STAGES.index(a) for a in part["ages"]]) + offset
+        for ax, name in zip(axes, ("MAE", "bias")):
+            ax.errorbar(x, part[name], yerr=[part[name] - part[f"{name} low"], part[f"{name} high"] - part[name]],
+                        fmt="o-", capsize=3, label=f"{gender}")
+            ax.set_xticks(np.arange(len(LIFE_STAGES)), LIFE_STAGES)
+    axes[0].set_ylabel("mean absolute error (years)")
+    axes[1].set_ylabel("bias (years; above 0: called older)")
+    axes[1].axhline(0, color="0.5", lw=1)
+    for ax in axes:
+        ax.set_xlabel("true age")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def fairness_findings(fair: pd.DataFrame) -> str:
+    """Each gender's MAE and bias over all ages, and the cells (gender x life stage) where the
+    model errs most and least, from :func:`.metrics.fairness_table`."""
+    cells = fair[fair["ages"] != "all"]
+    hi, lo = cells.loc[cells["MAE"].idxmax()], cells.loc[cells["MAE"].idxmin()]
+    overall = fair[fair["ages"] == "all"].set_index("gender")
+    return ("By person, the model `predict` uses: " + ", ".join(f"{g} MAE {r['MAE']:.2f} ({r['MAE low']:.2f} to {r['MAE high']:.2f}), "
+                                      f"bias {r['bias']:+.2f}" for g, r in overall.iterrows())
+            + f"; worst cell {hi['gender']} {hi['ages']} (MAE {hi['MAE']:.2f}, {hi['MAE low']:.2f} to "
+              f"{hi['MAE high']:.2f}, {int(hi['faces'])} faces), {hi['MAE'] - lo['MAE']:.2f} years above the best, "
+              f"{lo['gender']} {lo['ages']} ({lo['MAE']:.2f}).")
+
+
+def chapter_summary(seeds: pd.DataFrame, per_group: pd.DataFrame, protocols: pd.DataFrame | None = None,
+                    fair: pd.DataFrame | None = None) -> str:
     """What chapter 05 found, in sentences computed from its tables: the gain from TTA and from
-    the seed ensemble, where the errors are, and the protocols compared at equal training faces."""
+    the seed ensemble, where the errors are, the protocols compared at equal training faces and
+    whom the shipped model errs on."""
     by = seeds.set_index("model")
     singles = by.drop(index="ensemble", errors="ignore")
     lines = []
@@ -267,4 +304,6 @@ def chapter_summary(seeds: pd.DataFrame, per_group: pd.DataFrame, protocols: pd.
     lines.append(f"- {group_findings(per_group)[0]}")
     if protocols is not None:
         lines.append(f"- {protocol_findings(protocols)[0]}")
+    if fair is not None:
+        lines.append(f"- {fairness_findings(fair)}")
     return "\n".join(lines)

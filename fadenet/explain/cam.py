@@ -49,6 +49,8 @@ class SignedEigenCAM(EigenCAM):
 METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": SignedEigenCAM}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "Eigen-CAM"}
 LAYERS = ("attention", "spp", "fusion")
+# in words; "spp" is the map before pooling: the SPP output where the network has one, else the backbone's last
+LAYER_NAMES = {"attention": "last attention block", "spp": "last feature map", "fusion": "multi-scale fusion"}
 
 
 class AgeTarget:

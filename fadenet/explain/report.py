@@ -12,7 +12,7 @@ import pandas as pd
 from ..data.sources import AGE_GROUPS, age_group
 from ..model import expected_age, predict_probs
 from ..model import AgeNet
-from .cam import METHOD_NAMES, METHODS, cam_layer, compute_cams, face_region, mass_inside, overlay
+from .cam import LAYER_NAMES, METHOD_NAMES, METHODS, cam_layer, compute_cams, face_region, mass_inside, overlay
 
 Cell = tuple[np.ndarray, str] | None  # (uint8 RGB image, title); None leaves the cell empty
 
@@ -113,7 +113,8 @@ def methods_layers_figure(images: np.ndarray, sets: Mapping[tuple[str, str, str]
     every (layer, method) of ``model_name``."""
     keys = [key for key in sets if key[0] == model_name]
     cells = [[(images[i], f"age {table['age'].iloc[i]}, pred {table['predicted'].iloc[i]:.1f}")]
-             + [(overlay(images[i], sets[key][i]), f"{key[1]}\n{METHOD_NAMES[key[2]]}") for key in keys]
+             + [(overlay(images[i], sets[key][i]), f"{LAYER_NAMES.get(key[1], key[1])}\n{METHOD_NAMES[key[2]]}")
+                for key in keys]
              for i in range(len(table))]
     return image_grid(cells, title=title)
 
@@ -134,7 +135,7 @@ def mean_cam_figure(images: np.ndarray, sets: Mapping[tuple[str, str, str], np.n
             row.append((overlay(mean_face, mean_cam / peak if peak > 0 else mean_cam),
                         f"{group} (n={int(members.sum())})"))
         cells.append(row)
-    labels = [f"{name}\n{layer}, {METHOD_NAMES[method]}" for name, layer, method in keys]
+    labels = [f"{name}\n{LAYER_NAMES.get(layer, layer)}\n{METHOD_NAMES[method]}" for name, layer, method in keys]
     return image_grid(cells, labels, title=title)
 
 

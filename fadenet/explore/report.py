@@ -31,7 +31,9 @@ def distribution_axes(ax: Axes, probs: np.ndarray, true_age: float | None = None
     ax.set_xlim(-0.5, len(probs) - 0.5)
     ax.set_xlabel("age")
     ax.set_ylabel("probability")
-    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    # headroom above the tallest bar and the side away from the mass keep the legend off the bars
+    ax.set_ylim(0, 1.6 * float(np.max(probs)))
+    ax.legend(fontsize=7, loc="upper left" if mean > len(probs) / 2 else "upper right", frameon=False)
 
 
 def distribution_png(probs: np.ndarray, true_age: float | None = None) -> bytes:
@@ -126,27 +128,6 @@ def robustness_figure(table, example: np.ndarray, corruptions, title: str = "") 
     return fig
 
 
-def fairness_figure(table, title: str = "") -> plt.Figure:
-    """MAE and bias per life stage, one line per gender, with 95% intervals, from
-    :func:`fadenet.evaluation.metrics.fairness_table`."""
-    from ..evaluation.metrics import LIFE_STAGES
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for offset, (gender, part) in zip((-0.08, 0.08), table[table["ages"] != "all"].groupby("gender")):
-        x = np.array([LIFE_STAGES.index(a) for a in part["ages"]]) + offset
-        for ax, name in zip(axes, ("MAE", "bias")):
-            ax.errorbar(x, part[name], yerr=[part[name] - part[f"{name} low"], part[f"{name} high"] - part[name]],
-                        fmt="o-", capsize=3, label=f"{gender}")
-            ax.set_xticks(np.arange(len(LIFE_STAGES)), LIFE_STAGES)
-    axes[0].set_ylabel("mean absolute error (years)")
-    axes[1].set_ylabel("bias (years; above 0: called older)")
-    axes[1].axhline(0, color="0.5", lw=1)
-    for ax in axes:
-        ax.set_xlabel("true age")
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
-
-
 METHOD_NAMES = {"temperature": "temperature-scaled distribution", "conformal": "split-conformal"}
 
 
@@ -184,7 +165,7 @@ def coverage_misses(by_group) -> str:
     return "Coverage misses on test (95% interval excludes the target): " + ". ".join(parts) + "."
 
 
-def chapter_summary(calibration, photo, corrupted, worst_photos, fair) -> str:
+def chapter_summary(calibration, photo, corrupted, worst_photos) -> str:
     """Chapter 08's findings in sentences, every number from the chapter's own tables."""
     lines = [f"Calibration: {calibration.describe()}.", coverage_misses(calibration.by_group)]
     if photo is not None:
@@ -211,12 +192,4 @@ def chapter_summary(calibration, photo, corrupted, worst_photos, fair) -> str:
         lines.append("Through the photo path: " + "; ".join(
             f"{r['corruption']} {r['strength']}: {r['found %']:.0f}% found, MAE {r['MAE photo path']:.2f}"
             for _, r in through.iterrows()) + ".")
-    cells = fair[fair["ages"] != "all"]
-    hi = cells.loc[cells["MAE"].idxmax()]
-    lo = cells.loc[cells["MAE"].idxmin()]
-    overall = fair[fair["ages"] == "all"].set_index("gender")
-    lines.append("By person: " + ", ".join(f"{g} MAE {r['MAE']:.2f} ({r['MAE low']:.2f} to {r['MAE high']:.2f}), "
-                                            f"bias {r['bias']:+.2f}" for g, r in overall.iterrows())
-                 + f"; worst cell {hi['gender']} {hi['ages']} (MAE {hi['MAE']:.2f}, {hi['MAE low']:.2f} to "
-                   f"{hi['MAE high']:.2f}, {int(hi['faces'])} faces), best {lo['gender']} {lo['ages']} ({lo['MAE']:.2f}).")
     return "\n".join(lines)

@@ -109,7 +109,7 @@ def loss_figure(cfg: Config, train_ages: np.ndarray) -> plt.Figure:
     counts = np.bincount(np.clip(train_ages, 0, k - 1).astype(int), minlength=k)
     weights = lds_weights(torch.as_tensor(train_ages), k, cfg.loss.lds_sigma, cfg.loss.lds_clip).numpy()
     right.bar(np.arange(k), counts, color="0.8", label="training faces per age")
-    right.set(title="LDS re-weighting" + ("" if cfg.loss.lds else " (not used: loss.lds=false)"),
+    right.set(title="LDS re-weighting" + ("" if cfg.loss.lds else " (off in this recipe)"),
               xlabel="age", ylabel="faces")
     twin = right.twinx()
     twin.plot(np.arange(k), weights, color="tab:orange", label="LDS weight")
