@@ -143,7 +143,6 @@ def _mae_panel(ax: plt.Axes, best: pd.DataFrame, accuracy: pd.DataFrame | None) 
         return
     row_of = {model: i for i, model in enumerate(best["model"])}
     aliases = same_network()
-    shown = 0
     for _, row in accuracy.iterrows():
         name = timed_variant(row)
         timed = aliases.get(name, name)
@@ -154,8 +153,7 @@ def _mae_panel(ax: plt.Axes, best: pd.DataFrame, accuracy: pd.DataFrame | None) 
         ax.errorbar(row["test MAE mean"], row_of[timed], xerr=np.nan_to_num(row.get("test MAE std", 0.0)), fmt="o",
                     color="tab:blue", mfc="tab:blue" if v2 else "white", capsize=3,
                     label="trained with the DLDL-v2 loss" if v2 else "trained with plain DLDL")
-        shown += 1
-    if not shown:
+    if not ax.containers:
         ax.text(0.5, 0.5, "no network of chapter 04 was timed here", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
         return

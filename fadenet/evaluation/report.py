@@ -274,8 +274,9 @@ def fairness_findings(fair: pd.DataFrame) -> str:
     cells = fair[fair["ages"] != "all"]
     hi, lo = cells.loc[cells["MAE"].idxmax()], cells.loc[cells["MAE"].idxmin()]
     overall = fair[fair["ages"] == "all"].set_index("gender")
-    return ("By person, the model `predict` uses: " + ", ".join(f"{g} MAE {r['MAE']:.2f} ({r['MAE low']:.2f} to {r['MAE high']:.2f}), "
-                                      f"bias {r['bias']:+.2f}" for g, r in overall.iterrows())
+    people = ", ".join(f"{g} MAE {r['MAE']:.2f} ({r['MAE low']:.2f} to {r['MAE high']:.2f}), bias {r['bias']:+.2f}"
+                       for g, r in overall.iterrows())
+    return (f"By person, the model `predict` uses: {people}"
             + f"; worst cell {hi['gender']} {hi['ages']} (MAE {hi['MAE']:.2f}, {hi['MAE low']:.2f} to "
               f"{hi['MAE high']:.2f}, {int(hi['faces'])} faces), {hi['MAE'] - lo['MAE']:.2f} years above the best, "
               f"{lo['gender']} {lo['ages']} ({lo['MAE']:.2f}).")
