@@ -193,7 +193,7 @@ def test_a_network_from_random_weights_learns_at_one_rate(cfg_factory, tmp_path)
 def test_training_benchmark_times_each_mode_in_rounds_and_leaves_no_run(cfg_factory, tmp_path):
     cfg = cfg_factory(f"runs_dir={tmp_path}", "data.synthetic_count=400", "train.batch_size=32", "data.size=32")
     faces = prepare(cfg, progress=False)
-    modes = ["eager FP32, NCHW", "channels-last (the earlier default)", "channels-last, one process per core"]
+    modes = ["eager FP32, NCHW", "channels-last, plain AdamW", "channels-last, one process per core"]
     results = training_modes(cfg, faces, load_split(faces, cfg), modes, steps=2, rounds=3)
     assert [r.name for r in results] == modes
     nchw, channels_last, per_core = results

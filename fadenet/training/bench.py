@@ -2,9 +2,9 @@
 
 Every mode is the real training step (batches from the cache, augmentation, loss, clipping,
 EMA) of a :class:`Trainer` built with that mode's settings; the modes take turns in
-:func:`fadenet.harness.interleaved` rounds. The trainer's default mode and the
-earlier default are also timed as a bare step (forward, backward and AdamW on one fixed batch),
-so that the table says how much of the step the loop around it costs.
+:func:`fadenet.harness.interleaved` rounds. The trainer's default mode and the same step with
+plain (unfused) AdamW are also timed as a bare step (forward, backward and AdamW on one fixed
+batch), so that the table says how much of the step the loop around it costs.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .trainer import Trainer
 _FP32 = {"train.precision": "fp32", "train.compile": "false", "train.processes": 1}
 MODES: dict[str, dict] = {
     "eager FP32, NCHW": {**_FP32, "train.channels_last": False, "train.fused_adamw": False},
-    "channels-last (the earlier default)": {**_FP32, "train.channels_last": True, "train.fused_adamw": False},
+    "channels-last, plain AdamW": {**_FP32, "train.channels_last": True, "train.fused_adamw": False},
     "channels-last, fused AdamW": {**_FP32, "train.channels_last": True, "train.fused_adamw": True},
     "channels-last, bf16 autocast": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
                                      "train.precision": "bf16"},
@@ -41,7 +41,7 @@ MODES: dict[str, dict] = {
                                             "train.processes": "cores", "train.threads": 1},
     "the trainer's default (auto)": {},
 }
-BARE = ("channels-last (the earlier default)", "the trainer's default (auto)")
+BARE = ("channels-last, plain AdamW", "the trainer's default (auto)")
 # one GPU runs one training process: the CPU's process-per-core mode has no meaning there
 CPU_ONLY = ("channels-last, one process per core",)
 SLOW = 5.0  # a mode whose step (after the first two) takes this many times the first mode's: one step a round
@@ -228,7 +228,7 @@ def _pool_worker(setup: Resolved, faces: FaceSet, split: Split, conns: list) -> 
         conn.send(steps.run(*command))
 
 
-COMPARED = ["channels-last (the earlier default)", "the trainer's default (auto)"]  # chapter 03's table
+COMPARED = ["channels-last, plain AdamW", "the trainer's default (auto)"]  # chapter 03's table
 
 
 def modes_frame(results: list[ModeResult]) -> pd.DataFrame:
