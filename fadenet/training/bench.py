@@ -28,10 +28,11 @@ from . import parallel
 from .trainer import Trainer
 
 # name -> settings; every mode names all of them, so none inherits the profile's choice
+PLAIN, DEFAULT = "channels-last, plain AdamW", "the trainer's default (auto)"  # the two modes chapter 03 compares
 _FP32 = {"train.precision": "fp32", "train.compile": "false", "train.processes": 1}
 MODES: dict[str, dict] = {
     "eager FP32, NCHW": {**_FP32, "train.channels_last": False, "train.fused_adamw": False},
-    "channels-last, plain AdamW": {**_FP32, "train.channels_last": True, "train.fused_adamw": False},
+    PLAIN: {**_FP32, "train.channels_last": True, "train.fused_adamw": False},
     "channels-last, fused AdamW": {**_FP32, "train.channels_last": True, "train.fused_adamw": True},
     "channels-last, bf16 autocast": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
                                      "train.precision": "bf16"},
@@ -39,9 +40,9 @@ MODES: dict[str, dict] = {
                                      "train.compile": "true"},
     "channels-last, one process per core": {**_FP32, "train.channels_last": True, "train.fused_adamw": False,
                                             "train.processes": "cores", "train.threads": 1},
-    "the trainer's default (auto)": {},
+    DEFAULT: {},
 }
-BARE = ("channels-last, plain AdamW", "the trainer's default (auto)")
+BARE = (PLAIN, DEFAULT)
 # one GPU runs one training process: the CPU's process-per-core mode has no meaning there
 CPU_ONLY = ("channels-last, one process per core",)
 SLOW = 5.0  # a mode whose step (after the first two) takes this many times the first mode's: one step a round
@@ -228,7 +229,7 @@ def _pool_worker(setup: Resolved, faces: FaceSet, split: Split, conns: list) -> 
         conn.send(steps.run(*command))
 
 
-COMPARED = ["channels-last, plain AdamW", "the trainer's default (auto)"]  # chapter 03's table
+COMPARED = [PLAIN, DEFAULT]  # chapter 03's table
 
 
 def modes_frame(results: list[ModeResult]) -> pd.DataFrame:
