@@ -84,10 +84,10 @@ def _cell(v) -> str:
 
 # The tables README's results section collects, in order, under these headings (absent ones
 # are skipped, so the section grows as chapters are run): name, heading, and the columns and the
-# rows (a pandas query) README shows where it shows less than the whole table.
+# rows (a pandas query) README shows where it shows less than the whole table. Only what a user
+# of the model asks; how a recipe was chosen stays in its chapter, so README stays one page.
 RESULT_TABLES = [
     ("00_shipped_model", "The shipped model (python -m fadenet ship)", None, None),
-    ("03_time_to_accuracy", "Time to accuracy: validation MAE for the compute spent (notebook 03)", None, None),
     ("04_effects", "What each idea does: the 2^4 factorial (notebook 04)",
      ["what", "effect", "ci_low", "ci_high", "boot_low", "boot_high", "verdict"], "not term.str.contains(':')"),
     ("04_budget_transfer", "FADE-Net minus the baseline, longer training (notebook 04)",

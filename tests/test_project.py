@@ -19,6 +19,12 @@ def test_readme_gives_the_two_fresh_machine_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readme_is_one_page():
+    # README is a product page; run diaries and recipe studies live in REPRODUCING.md and the chapters
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 16_000, f"README.md is {size:,} bytes; keep it to 16,000"
+
+
 # Lowest first; a module may import its own layer and those below it, never one above.
 LAYERS = [{"io", "runtime"}, {"config"}, {"data", "figures", "harness"}, {"model"}, {"resolve", "variants"}, {"training"},
           {"evaluation", "explain", "deploy"}, {"explore", "shipped"},
